@@ -1,0 +1,48 @@
+"""`python -m data_prep build`: one recipe's data.yaml -> runs/<name>/data/ (built-in task or converted sets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from data_prep.builtin import generate_builtin, save_datasets
+from data_prep.config import DataConfig
+from data_prep.write import write_atomically, write_json
+
+INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
+
+
+def build(config: DataConfig) -> dict:
+    """Write every data set of `config` into `config.output_dir` atomically; returns the summary it saved."""
+    start = time.perf_counter()
+    if config.source == "builtin":
+        datasets, info = generate_builtin(config)
+    else:
+        from data_prep.sources import convert_recipe_data
+
+        datasets, info = convert_recipe_data(config)
+
+    def fill(tmp: Path) -> None:
+        info["sizes"] = save_datasets(datasets, tmp)
+        info["seconds"] = round(time.perf_counter() - start, 2)
+        info["config"] = dataclasses.asdict(config)
+        write_json(tmp / INFO_FILE, info)
+
+    write_atomically(config.output_dir, fill, overwrite=config.overwrite)
+    return info
+
+
+def describe(info: dict, output_dir: str) -> str:
+    lines = [f"Wrote {output_dir} in {info['seconds']} s:"]
+    for name, splits in info["sizes"].items():
+        lines.append(f"  {name:13s} " + ", ".join(f"{split}={n}" for split, n in splits.items()))
+    if "sft_train_mean_labeler_score" in info:
+        lo, hi = info["labeler_range"]
+        lines.append(
+            f"  labeler: SFT demonstrations score {info['sft_train_mean_labeler_score']:.2f} on average "
+            f"(range {lo:g}..{hi:g}; {info['sft_train_fraction_at_max']:.0%} at the maximum)"
+        )
+    for summary in info.get("reports", {}).values():
+        lines.append("  " + summary["summary"])
+    return "\n".join(lines)

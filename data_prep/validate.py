@@ -1,0 +1,155 @@
+"""Row-level validation: every bad row is reported by number and reason, never dropped silently.
+
+A `RowReport` collects the problems of one input. In strict mode the first problem raises `BadRowError`;
+otherwise the row is dropped and counted, and `summary()` says how many rows were dropped and why.
+Row numbers are 1-based: the line number for JSONL files, the data row (header excluded) for CSV, and the
+index + 1 for JSON arrays, Parquet files and hub data sets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.config import UserError
+
+
+class DataError(UserError):
+    """A problem with input data (a file, a hub data set or one of its rows)."""
+
+
+class MissingColumnsError(DataError):
+    """The input lacks columns the chosen format needs."""
+
+
+class BadRowError(DataError):
+    """A bad row in --strict mode."""
+
+
+class DataSourceError(DataError):
+    """An input that cannot be read at all (missing file, unknown extension, hub set unreachable)."""
+
+
+class NoRowsLeftError(DataError):
+    """Every row of an input was bad (or it was empty)."""
+
+
+class InvalidRow:
+    """Placeholder a reader puts where it could not parse a row, so later row numbers stay right."""
+
+    def __init__(self, kind: str, detail: str):
+        self.kind, self.detail = kind, detail
+
+
+@dataclass
+class RowProblem:
+    row: int
+    kind: str  # short and stable, for counting: "empty", "not a string", "too long", ...
+    detail: str  # the full sentence shown to the user
+
+
+@dataclass
+class RowReport:
+    source: str
+    strict: bool = False
+    total: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def reject(self, row: int, kind: str, detail: str) -> None:
+        """Record a bad row (or, when strict, fail right away)."""
+        if self.strict:
+            raise BadRowError(
+                f"{self.source}: row {row}: {detail}. Fix or remove the row, or run without --strict to drop "
+                "bad rows with a summary."
+            )
+        self.problems.append(RowProblem(row, kind, detail))
+
+    @property
+    def dropped(self) -> int:
+        return len({p.row for p in self.problems})
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems).most_common())
+
+    def summary(self, examples: int = 3) -> str:
+        kept = self.total - self.dropped
+        if not self.problems:
+            return f"{self.source}: kept all {self.total} rows."
+        parts = []
+        for kind, n in self.counts().items():
+            rows = [str(p.row) for p in self.problems if p.kind == kind][:examples]
+            parts.append(f"{n} {kind} (rows {', '.join(rows)}{', ...' if n > examples else ''})")
+        return (
+            f"{self.source}: kept {kept} of {self.total} rows; dropped {self.dropped}: "
+            + "; ".join(parts)
+            + "."
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "total": self.total,
+            "kept": self.total - self.dropped,
+            "dropped": self.dropped,
+            "counts": self.counts(),
+            "summary": self.summary(),
+            "problems": [{"row": p.row, "kind": p.kind, "detail": p.detail} for p in self.problems],
+        }
+
+
+def require_columns(found: Iterable[str], expected: Sequence[str], source: str, fmt: str) -> None:
+    """Raise MissingColumnsError naming what was expected, what was found and how to map it."""
+    found = list(found)
+    missing = [c for c in expected if c not in found]
+    if missing:
+        example = ",".join(f"{c}=<your column>" for c in missing)
+        raise MissingColumnsError(
+            f"{source}: format '{fmt}' needs column(s) {', '.join(expected)}; missing {', '.join(missing)}. "
+            f"Found columns: {', '.join(found) or '(none)'}. Rename them in the data or pass "
+            f"--column_mapping '{example}'."
+        )
+
+
+def check_text_fields(report: RowReport, row: int, record: dict, fields: Sequence[str]) -> bool:
+    """Each field must be a non-empty string; reports the first that is not and returns False."""
+    for name in fields:
+        value = record.get(name)
+        if not isinstance(value, str):
+            report.reject(
+                row, "not a string", f"field '{name}' is {type(value).__name__} {value!r:.40}, not a string"
+            )
+            return False
+        if not value.strip():
+            report.reject(row, "empty", f"field '{name}' is empty")
+            return False
+    return True
+
+
+def check_pair(report: RowReport, row: int, pair: dict, max_chars: int, seen: dict) -> bool:
+    """Checks of a canonical {prompt, chosen, rejected} row; `seen` maps pairs to their first row number."""
+    if not check_text_fields(report, row, pair, ("prompt", "chosen", "rejected")):
+        return False
+    if pair["chosen"].strip() == pair["rejected"].strip():
+        report.reject(row, "chosen equals rejected", "chosen and rejected are the same text (no preference)")
+        return False
+    longest = len(pair["prompt"]) + max(len(pair["chosen"]), len(pair["rejected"]))
+    if longest > max_chars:
+        report.reject(
+            row, "too long", f"prompt+response has {longest} characters, over max_chars={max_chars}"
+        )
+        return False
+    key = (pair["prompt"], pair["chosen"], pair["rejected"])
+    if key in seen:
+        report.reject(row, "duplicate pair", f"same prompt/chosen/rejected as row {seen[key]}")
+        return False
+    seen[key] = row
+    return True
+
+
+def finish(report: RowReport, rows: list, hint: str = "") -> list:
+    """No rows left is an error (training on nothing would fail later, less clearly)."""
+    if not rows:
+        reason = f" ({report.summary()})" if report.problems else ""
+        raise NoRowsLeftError(f"{report.source}: no usable rows{reason}.{(' ' + hint) if hint else ''}")
+    return rows

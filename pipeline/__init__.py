@@ -1,0 +1,1 @@
+"""The InstructGPT recipe as stage scripts: base (built-in task only), sft, reward, ppo, evaluate, push."""

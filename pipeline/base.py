@@ -1,0 +1,189 @@
+"""Stage 0 of the built-in recipe: a tokenizer and a tiny causal LM pretrained from scratch, offline.
+
+Real recipes start from a hub model and skip this stage. Here we stand in for that pretrained model: a
+byte-level BPE tokenizer trained on the built-in corpus and a small Llama trained on it with the stock
+`transformers.Trainer`, saved with `save_pretrained` so every later stage loads it exactly like a hub model.
+
+    python -m pipeline.base --config recipes/tiny/base.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import UserError, parse_config, run_main
+
+# HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
+# prompt/completion data render identically. `{% generation %}` marks assistant tokens for assistant-only loss.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '\\n\\nHuman: ' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '\\n\\nAssistant:' }}"
+    "{% generation %}{{ ' ' + message['content'] + eos_token }}{% endgeneration %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
+)
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+@dataclass
+class BaseModelArguments:
+    """What to pretrain on and how big the model is (the optimisation settings are TrainingArguments)."""
+
+    corpus_path: str = field(
+        default="runs/tiny/data/pretrain", metadata={"help": "datasets dir with a `text` column"}
+    )
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size, special tokens included"})
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256
+    max_length: int = field(default=128, metadata={"help": "training sequence length (longer texts are cut)"})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "held-out share of the corpus for eval loss"}
+    )
+
+
+def _training_arguments_type():
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+def config_types() -> tuple[type, ...]:
+    return (BaseModelArguments, _training_arguments_type())
+
+
+CONFIG_TYPES = config_types()
+
+
+def load_corpus(path: str):
+    from datasets import load_from_disk
+
+    if not Path(path).exists():
+        raise UserError(
+            f"Pretraining corpus {path} does not exist. Build it first: make data (python -m data_prep build "
+            "--config recipes/tiny/data.yaml), or set corpus_path."
+        )
+    corpus = load_from_disk(path)
+    if "text" not in corpus.column_names:
+        raise UserError(f"Corpus {path} has columns {corpus.column_names}; expected a `text` column.")
+    return corpus
+
+
+def train_tokenizer(texts, vocab_size: int, max_length: int):
+    """Byte-level BPE (the GPT-2/Llama-3 family's scheme): any string is encodable, no unknown tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=max_length, **SPECIAL_TOKENS
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def build_model(args: BaseModelArguments, tokenizer, seed: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_attention_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def main(args=None):
+    from transformers import DataCollatorForLanguageModeling, GenerationConfig, Trainer, set_seed
+
+    model_args, training_args = parse_config(CONFIG_TYPES, args)
+    set_seed(training_args.seed)
+
+    corpus = load_corpus(model_args.corpus_path).shuffle(seed=training_args.seed)
+    tokenizer = train_tokenizer(corpus["text"], model_args.vocab_size, model_args.max_length)
+    eos = tokenizer.eos_token
+
+    def tokenize(batch):
+        return tokenizer([t + eos for t in batch["text"]], truncation=True, max_length=model_args.max_length)
+
+    tokenized = corpus.map(tokenize, batched=True, remove_columns=corpus.column_names)
+    splits = tokenized.train_test_split(test_size=model_args.eval_fraction, seed=training_args.seed)
+
+    model = build_model(model_args, tokenizer, training_args.seed)
+    print(
+        f"Pretraining a {model.num_parameters() / 1e6:.2f}M-parameter Llama on {len(splits['train'])} texts."
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["test"],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    metrics["uniform_baseline_loss"] = math.log(len(tokenizer))
+    metrics["num_parameters"] = model.num_parameters()
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        max_new_tokens=48,
+    )
+    if trainer.is_world_process_zero():
+        save_atomically(trainer, tokenizer, training_args.output_dir, metrics)
+    print(
+        f"Held-out loss {metrics['eval_loss']:.3f} (uniform baseline {metrics['uniform_baseline_loss']:.3f}); "
+        f"saved to {training_args.output_dir}"
+    )
+    return metrics
+
+
+def save_atomically(trainer, tokenizer, output_dir: str, metrics: dict) -> None:
+    """Write to a sibling temp dir and rename, so a crash never leaves half a model where a stage expects one."""
+    final = Path(output_dir)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(tmp)
+    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    for leftover in ("training_args.bin",):  # pickled; nothing downstream needs it
+        (tmp / leftover).unlink(missing_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,26 @@
+"""Stage 3: PPO (InstructGPT) with a two-headed policy on one shared frozen base model.
+
+    python -m pipeline.ppo --config recipes/tiny/ppo.yaml [--field value ...]
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m pipeline.ppo --config ...
+"""
+
+from __future__ import annotations
+
+from trl import ModelConfig
+
+from pipeline.ppo.config import PPOConfig
+
+CONFIG_TYPES: tuple[type, ...] = (PPOConfig, ModelConfig)
+
+
+def main(args=None):
+    from pipeline.config import parse_config
+    from pipeline.ppo.trainer import PPOTrainer
+
+    ppo_args, model_args = parse_config(CONFIG_TYPES, args)
+    trainer = PPOTrainer(ppo_args, model_args)
+    trainer.train()
+    return trainer
+
+
+__all__ = ["CONFIG_TYPES", "PPOConfig", "main"]

@@ -1,0 +1,5 @@
+from pipeline.config import run_main
+from pipeline.ppo import main
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,122 @@
+"""Atomic PPO checkpoints: trainable weights, optimizer, scheduler, KL coefficient, step and RNG states.
+
+A checkpoint is written to `checkpoints/.tmp-step-N/` and renamed to `checkpoints/step-N/` with os.replace, so a
+crash mid-write never leaves a half checkpoint that resume would pick up. Every rank stores its own RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.config import UserError
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step}"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    root = Path(output_dir) / "checkpoints"
+    steps = [int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    return checkpoint_dir(output_dir, max(steps)) if steps else None
+
+
+def resolve_resume(spec: str | None, output_dir: str | Path) -> Path | None:
+    if not spec:
+        return None
+    if spec in ("latest", "true", "True"):
+        path = latest_checkpoint(output_dir)
+        if path is None:
+            raise UserError(f"resume_from_checkpoint={spec}: no checkpoint under {output_dir}/checkpoints.")
+        return path
+    path = Path(spec)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"resume_from_checkpoint {path} is not a PPO checkpoint (no {STATE_FILE}).")
+    return path
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    """Every RNG as tensors and plain numbers, so it loads back with torch.load(weights_only=True)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state.tolist()), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(accelerator, output_dir, step: int, state: dict, model, optimizer, scheduler, keep: int | None):
+    """Collective: every rank calls it; rank 0 writes the shared files, each rank its RNG state."""
+    final = checkpoint_dir(output_dir, step)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    optimizer_state = optimizer.state_dict()  # collective under ZeRO/FSDP, so every rank asks for it
+    if accelerator.is_main_process:
+        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep:
+            _prune(Path(output_dir) / "checkpoints", keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path)
+
+
+def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns the trainer state (step, ...)."""
+    unwrapped = accelerator.unwrap_model(model)
+    weights = load_file(str(path / "trainable.safetensors"))
+    missing = [n for n, p in unwrapped.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise UserError(f"Checkpoint {path} does not match this model (missing {missing[:3]}...); same config?")
+    params = dict(unwrapped.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng_state_{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((path / STATE_FILE).read_text())

@@ -1,0 +1,290 @@
+"""The models PPO needs, on as little memory as possible.
+
+With LoRA (the default) ONE frozen base model serves every role:
+    policy     adapter "default", initialised from the SFT adapter (or fresh LoRA when the SFT is a plain model)
+    reference  adapter "ref", a frozen copy of the SFT adapter; or, when the SFT is a plain model, the base
+               itself with adapters disabled (it *is* the SFT model then)
+    value      a scalar head on the policy's last hidden state ("shared": one forward gives logits and values),
+               or on a separate trainable adapter "value" ("adapter"), initialised from the reward model's
+               LoRA adapter when it was trained on the same base (InstructGPT initialises V from the RM)
+The reward model is separate (`RewardScorer`): it may have another tokenizer, or be a Python function.
+Full fine-tuning keeps a frozen copy of the SFT model as reference and supports the shared value head.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import UserError
+
+logger = logging.getLogger(__name__)
+
+POLICY, REF, VALUE = "default", "ref", "value"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base_path(adapter_dir: str | Path) -> str:
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def _same_model_path(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+class PolicyWithValueHead(nn.Module):
+    """Two-headed policy: the causal LM (its LM head) and a scalar value head.
+
+    `forward` returns response logits and values for a batch of query+response sequences, computing the vocab
+    projection only for the response positions (`logits_to_keep`): the big-vocabulary tensor is never built for
+    the prompt.
+    """
+
+    def __init__(self, lm: nn.Module, value_head: nn.Linear, value_adapter: bool, ref_adapter: bool):
+        super().__init__()
+        self.lm = lm
+        self.value_head = value_head
+        self.value_adapter = value_adapter
+        self.ref_adapter = ref_adapter
+        # peft's set_adapter() marks only the active adapter trainable; remember who really trains.
+        self._lora_grad = {p: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
+
+    # --- adapter switching -----------------------------------------------------------------------------------
+    @contextmanager
+    def _active_adapter(self, name: str) -> Iterator[None]:
+        self.lm.set_adapter(name)
+        self._restore_requires_grad()
+        try:
+            yield
+        finally:
+            self.lm.set_adapter(POLICY)
+            self._restore_requires_grad()
+
+    def _restore_requires_grad(self) -> None:
+        for p, flag in self._lora_grad.items():
+            p.requires_grad_(flag)
+
+    @contextmanager
+    def reference(self) -> Iterator[None]:
+        """Within this context `self.lm` is the reference (SFT) policy."""
+        if self.ref_adapter:
+            with self._active_adapter(REF):
+                yield
+        elif hasattr(self.lm, "disable_adapter"):
+            with self.lm.disable_adapter():
+                yield
+        else:  # full fine-tuning: the caller uses its frozen copy
+            raise RuntimeError("reference() is only for LoRA policies")
+
+    # --- forward ---------------------------------------------------------------------------------------------
+    def backbone(self) -> nn.Module:
+        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return getattr(model, model.base_model_prefix)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, with_values: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits predicting each response token and the value of the state before it: (B, R, V), (B, R)."""
+        position_ids = position_ids_from_mask(attention_mask)
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=response_length + 1,
+            output_hidden_states=with_values and not self.value_adapter,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]
+        if not with_values:
+            return logits, None
+        if self.value_adapter:
+            with self._active_adapter(VALUE):
+                hidden = self.backbone()(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                ).last_hidden_state
+        else:
+            hidden = out.hidden_states[-1]
+        hidden = hidden[:, -response_length - 1 : -1]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return logits, values
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _load_kwargs(model_args, device_map) -> dict:
+    from trl.trainer.utils import get_quantization_config
+
+    dtype = model_args.dtype
+    kwargs = {"dtype": getattr(torch, dtype) if dtype not in (None, "auto") else dtype}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.Module | None]:
+    """Build the two-headed policy (and, for full fine-tuning only, a frozen reference model)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import disable_dropout_in_model, get_peft_config
+
+    sft = args.sft_model_path
+    if not Path(sft).exists():
+        raise UserError(f"sft_model_path {sft} does not exist. Run the SFT stage first (make sft) or fix the path.")
+    sft_is_adapter = is_adapter_dir(sft)
+    use_lora = model_args.use_peft or sft_is_adapter
+    if sft_is_adapter and not model_args.use_peft:
+        logger.info("sft_model_path is a LoRA adapter: the policy continues it with LoRA (for full fine-tuning "
+                    "point sft_model_path at the merged SFT model).")  # fmt: skip
+    base_path = adapter_base_path(sft) if sft_is_adapter else sft
+    kwargs = _load_kwargs(model_args, device_map)
+    base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    if "quantization_config" in kwargs:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+    elif args.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    ref_model = None
+    if not use_lora:
+        if args.value_head == "adapter":
+            raise UserError("value_head: adapter needs LoRA (use_peft: true); full fine-tuning uses value_head: shared.")
+        if "quantization_config" in kwargs:
+            raise UserError("A 4-bit base cannot be fully fine-tuned; set use_peft: true (QLoRA).")
+        lm = base
+        ref_model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs).eval().requires_grad_(False)
+        disable_dropout_in_model(ref_model)
+    elif sft_is_adapter:
+        lm = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
+        lm.load_adapter(sft, adapter_name=REF, is_trainable=False)
+    else:
+        lm = get_peft_model(base, get_peft_config(model_args) or LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM"))
+    value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32)
+    nn.init.zeros_(value_head.weight)
+    nn.init.zeros_(value_head.bias)
+    if use_lora and args.value_head == "adapter":
+        _add_value_adapter(lm, args, value_head, base_path)
+    if use_lora:
+        lm.set_adapter(POLICY)
+        for name, param in lm.named_parameters():
+            param.requires_grad_("lora_" in name and f".{REF}." not in name)
+    disable_dropout_in_model(lm)  # N+ details: dropout would make logprobs differ between rollout and training
+    model = PolicyWithValueHead(lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter)
+    return model, ref_model
+
+
+def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
+    """A trainable value adapter; initialised from the reward model's LoRA adapter when trained on our base."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    policy_config = lm.peft_config[POLICY]
+    reward_adapter = Path(args.reward_model_path or "") / "adapter"
+    if args.reward_model_path and is_adapter_dir(reward_adapter) and _same_model_path(adapter_base_path(reward_adapter), base_path):
+        reward_config = json.loads((reward_adapter / "adapter_config.json").read_text())
+        config = LoraConfig(
+            r=reward_config["r"],
+            lora_alpha=reward_config["lora_alpha"],
+            target_modules=reward_config["target_modules"],
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        lm.add_adapter(VALUE, config)
+        state = load_file(str(reward_adapter / "adapter_model.safetensors"))
+        lora_state = {k: v for k, v in state.items() if "lora_" in k}
+        set_peft_model_state_dict(lm, lora_state, adapter_name=VALUE)
+        score = {k: v for k, v in state.items() if k.endswith("score.weight")}
+        if score:
+            with torch.no_grad():
+                value_head.weight.copy_(next(iter(score.values())).float().view_as(value_head.weight))
+        logger.info("value adapter initialised from the reward model adapter %s", reward_adapter)
+    else:
+        logger.info("value adapter initialised fresh (no reward-model adapter on the same base at %s)", reward_adapter)
+        lm.add_adapter(
+            VALUE,
+            LoraConfig(
+                r=policy_config.r,
+                lora_alpha=policy_config.lora_alpha,
+                target_modules=policy_config.target_modules,
+                lora_dropout=0.0,
+                task_type="CAUSAL_LM",
+            ),
+        )
+
+
+class RewardScorer:
+    """Scores (prompt, response) texts with a reward model (its own tokenizer) or a user's Python function."""
+
+    def __init__(self, args, model_args, device: torch.device, device_map=None):
+        self.batch_size = args.local_rollout_forward_batch_size
+        self.device = device
+        self.fn: Callable | None = None
+        if args.reward_fn:
+            self.fn = load_callable(args.reward_fn)
+            return
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = args.reward_model_path
+        if not Path(path).exists():
+            raise UserError(f"reward_model_path {path} does not exist. Run the reward stage (make reward) first.")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        kwargs = _load_kwargs(model_args, device_map)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval().requires_grad_(False)
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if "quantization_config" not in kwargs:
+            self.model.to(device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str], ended: list[bool]) -> torch.Tensor:
+        if self.fn is not None:
+            scores = self.fn(prompts, responses)
+            if len(scores) != len(prompts):
+                raise UserError(f"reward_fn returned {len(scores)} scores for {len(prompts)} responses.")
+            return torch.tensor([float(s) for s in scores], dtype=torch.float32, device=self.device)
+        # The reward stage trained on prompt + response + EOS: append EOS to the responses that ended.
+        eos = self.tokenizer.eos_token or ""
+        texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
+        scores = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[i : i + self.batch_size], return_tensors="pt", padding=True
+            ).to(self.model.device)
+            scores.append(self.model(**batch).logits[:, 0].float())
+        return torch.cat(scores).to(self.device)
+
+
+def load_callable(spec: str) -> Callable:
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"reward_fn {spec!r} cannot be imported ({err}). Use 'package.module:function'.") from err
+    if not callable(fn):
+        raise UserError(f"reward_fn {spec!r} is not callable.")
+    return fn
+
+
+def reference_context(model: PolicyWithValueHead, ref_model: nn.Module | None):
+    return nullcontext() if ref_model is not None else model.reference()

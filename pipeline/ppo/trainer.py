@@ -1,0 +1,386 @@
+"""PPOTrainer: rollout -> score -> KL-penalised per-token rewards -> GAE -> clipped PPO updates, on Accelerate.
+
+The loop follows the old TRL PPOTrainer and "The N+ implementation details of RLHF with PPO": logprobs are
+recomputed with a forward pass (not taken from generate), logits are divided by the sampling temperature, the
+score lands on the last response token, advantages are whitened, dropout is off. Metric names are TRL's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from transformers import get_scheduler
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from pipeline.config import UserError
+from pipeline.ppo import core
+from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from pipeline.ppo.models import POLICY, VALUE, RewardScorer, load_policy, reference_context
+from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or reward became NaN/Inf: training stops, the last good checkpoint stays as it was."""
+
+
+def load_prompts(path: str | None, field: str) -> list[str]:
+    from datasets import load_from_disk
+
+    if path is None:
+        return []
+    if not Path(path).exists():
+        raise UserError(f"Prompt data set {path} does not exist. Run the data stage (make data) first.")
+    data = load_from_disk(path)
+    if hasattr(data, "keys"):  # a DatasetDict: take its train split
+        data = data["train"]
+    if field not in data.column_names:
+        raise UserError(f"{path} has no '{field}' column (columns: {data.column_names}); set prompt_field.")
+    prompts = list(data[field])
+    if not prompts:
+        raise UserError(f"{path} holds no prompts.")
+    return prompts
+
+
+class PPOTrainer:
+    def __init__(self, args, model_args):
+        self.args = args
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            cpu=args.use_cpu,
+            mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
+            log_with=[r for r in args.report_to if r != "none"] or None,
+        )
+        acc = self.accelerator
+        set_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts them)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(args.sft_model_path)
+        if self.tokenizer.pad_token is None:
+            raise UserError(f"The tokenizer at {args.sft_model_path} has no pad token; the SFT stage must set one.")
+        self.prompts = load_prompts(args.prompts_path, args.prompt_field)
+        self.eval_prompts = load_prompts(args.eval_prompts_path, args.prompt_field)[: args.num_samples]
+
+        # Batch sizes, exactly as in old TRL.
+        self.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+        self.batch_size = self.local_batch_size * acc.num_processes
+        self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
+        total = args.total_episodes or int(args.num_train_epochs * len(self.prompts))
+        self.num_steps = max(1, math.ceil(total / self.batch_size))
+
+        device_map = {"": acc.local_process_index} if torch.cuda.is_available() and not args.use_cpu else {"": "cpu"}
+        self.model, self.ref_model = load_policy(args, model_args, device_map)
+        self.scorer = RewardScorer(args, model_args, acc.device, device_map)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.weight_decay,
+        )
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=args.get_warmup_steps(self.num_steps),
+            num_training_steps=self.num_steps,
+        )
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model = self.ref_model.to(acc.device)
+        self.kl_ctl = (
+            core.AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+            if args.adaptive_kl
+            else core.FixedKLController(args.kl_coef)
+        )
+        self.gen_config = generation_config(args, self.tokenizer)
+        self.step, self.episode = 0, 0
+        self.output_dir = Path(args.output_dir)
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            acc.init_trackers("ppo", config={k: v for k, v in args.to_dict().items() if isinstance(v, int | float | str | bool)})
+        self._log_sizes()
+
+    def _log_sizes(self) -> None:
+        if self.accelerator.is_main_process:
+            n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            print(
+                f"PPO: {self.num_steps} steps x {self.batch_size} episodes ({self.accelerator.num_processes} processes, "
+                f"local batch {self.local_batch_size}), {n_train:,} trainable parameters, value head: {self.args.value_head}"
+            )
+
+    # --- data ---------------------------------------------------------------------------------------------
+    def batch_prompts(self, step: int) -> list[str]:
+        """This rank's prompts for `step`: a seeded permutation per pass over the data, so resume needs no state."""
+        n = len(self.prompts)
+        start = step * self.batch_size
+        indices = []
+        while len(indices) < self.batch_size:
+            epoch, offset = divmod(start + len(indices), n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
+            indices.extend(perm[offset : offset + self.batch_size - len(indices)])
+        rank = self.accelerator.process_index
+        return [self.prompts[i] for i in indices[rank * self.local_batch_size : (rank + 1) * self.local_batch_size]]
+
+    # --- forward helpers ------------------------------------------------------------------------------------
+    def _logprobs(self, logits: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
+        return selective_log_softmax(logits / (self.args.temperature + 1e-7), responses)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
+        R = responses.shape[1]
+        if self.ref_model is not None:
+            logits = self.ref_model(
+                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=R + 1, use_cache=False
+            ).logits[:, :-1]
+        else:
+            model = self.accelerator.unwrap_model(self.model)
+            with reference_context(model, None):
+                logits, _ = model(input_ids, attention_mask, R, with_values=False)
+        return self._logprobs(logits, responses)
+
+    # --- one PPO step -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        args, acc, tok = self.args, self.accelerator, self.tokenizer
+        queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
+        with unwrap_model_for_generation(self.model, acc) as unwrapped:
+            responses = generate(unwrapped.lm, queries, self.gen_config, args.local_rollout_forward_batch_size)
+        mask = core.first_eos_mask(responses, tok.eos_token_id)
+        input_ids = torch.cat([queries["input_ids"], responses], 1)
+        attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
+        R, chunk = responses.shape[1], args.local_rollout_forward_batch_size
+        logprobs, ref_logprobs, values = [], [], []
+        model = acc.unwrap_model(self.model)
+        for i in range(0, len(prompts), chunk):
+            sl = slice(i, i + chunk)
+            logits, value = model(input_ids[sl], attention_mask[sl], R)
+            logprobs.append(self._logprobs(logits, responses[sl]))
+            values.append(value.float())
+            ref_logprobs.append(self._ref_logprobs(input_ids[sl], attention_mask[sl], responses[sl]))
+        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+        ended = (responses == tok.eos_token_id).any(1)
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        scores = self.scorer(prompts, texts, ended.tolist())
+        self._check_finite("reward", scores)
+        if args.missing_eos_penalty is not None:
+            scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
+
+        kl = core.per_token_kl(logprobs, ref_logprobs, args.kl_estimator) * mask
+        rewards, non_score = core.compute_rewards(scores, kl, mask, self.kl_ctl.value)
+        if args.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = core.compute_gae(rewards, values, mask, args.gamma, args.lam)
+        advantages = core.masked_whiten(advantages, mask) * mask
+        return dict(
+            input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, logprobs=logprobs,
+            values=values * mask, advantages=advantages, returns=returns, scores=scores, kl=kl, non_score=non_score,
+            ended=ended, texts=texts, ref_logprobs=ref_logprobs,
+        )  # fmt: skip
+
+    def update(self, batch: dict) -> dict[str, torch.Tensor]:
+        """num_ppo_epochs passes of mini-batch updates over the rollout batch; returns per-micro-batch stats."""
+        args, acc = self.args, self.accelerator
+        R = batch["responses"].shape[1]
+        stats: dict[str, list[torch.Tensor]] = {}
+        self.model.train()
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(self.local_batch_size, device=acc.device)
+            for start in range(0, self.local_batch_size, self.local_mini_batch_size):
+                mini = order[start : start + self.local_mini_batch_size]
+                for micro_start in range(0, self.local_mini_batch_size, args.per_device_train_batch_size):
+                    idx = mini[micro_start : micro_start + args.per_device_train_batch_size]
+                    with acc.accumulate(self.model):
+                        mb = {k: v[idx] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                        logits, vpred = self.model(mb["input_ids"], mb["attention_mask"], R)
+                        new_logprobs = self._logprobs(logits, mb["responses"])
+                        pg_loss, pg_stats = core.policy_loss(
+                            new_logprobs, mb["logprobs"], mb["advantages"], mb["mask"], args.cliprange
+                        )
+                        vf_loss, vf_stats = core.value_loss(
+                            vpred.float(), mb["values"], mb["returns"], mb["mask"], args.cliprange_value
+                        )
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        self._check_finite("loss", loss.detach())
+                        acc.backward(loss)
+                        if acc.sync_gradients and args.max_grad_norm:
+                            acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad()
+                    with torch.no_grad():
+                        entropy = core.masked_mean(entropy_from_logits(logits.detach()), mb["mask"])
+                        ratio = torch.exp(new_logprobs.detach() - mb["logprobs"])
+                    for key, value in (
+                        ("policy/approxkl_avg", pg_stats["approxkl"]), ("policy/clipfrac_avg", pg_stats["clipfrac"]),
+                        ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),
+                        ("val/clipfrac_avg", vf_stats["clipfrac"]), ("policy/entropy_avg", entropy),
+                        ("val/ratio", core.masked_mean(ratio, mb["mask"])),
+                    ):  # fmt: skip
+                        stats.setdefault(key, []).append(value.detach().float())
+                    del logits, vpred, loss
+        self.model.eval()
+        return stats
+
+    def _check_finite(self, what: str, value: torch.Tensor) -> None:
+        # Collective, so every rank stops together instead of one rank hanging in the next all-reduce.
+        bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
+        if self.accelerator.reduce(bad, "sum").item() > 0:
+            from pipeline.ppo.checkpoint import latest_checkpoint
+
+            raise NonFiniteError(
+                f"NaN/Inf in the {what} at step {self.step + 1}: stopping. The last good checkpoint is "
+                f"{latest_checkpoint(self.output_dir) or '(none saved yet)'}; lower learning_rate or check the "
+                "reward model/function, then resume with --resume_from_checkpoint latest."
+            )
+
+    def _metrics(self, batch: dict, stats: dict, start_time: float, start_episode: int) -> dict[str, float]:
+        acc = self.accelerator
+
+        def mean(x: torch.Tensor) -> float:  # global mean over every process
+            return acc.gather(x.detach().float().reshape(-1)).mean().item()
+
+        kl_sum = batch["kl"].sum(1)
+        non_score = batch["non_score"].sum(1)
+        m = {
+            "objective/kl": mean(kl_sum),
+            "objective/entropy": mean((-batch["logprobs"] * batch["mask"]).sum(1)),
+            "objective/non_score_reward": mean(non_score),
+            "objective/rlhf_reward": mean(non_score + batch["scores"]),
+            "objective/scores": mean(batch["scores"]),
+            "objective/kl_coef": self.kl_ctl.value,
+        }
+        m.update({k: mean(torch.stack(v)) for k, v in stats.items()})
+        ratios = acc.gather(torch.stack(stats["val/ratio"]))
+        m["val/ratio_var"] = ratios.var().item() if ratios.numel() > 1 else 0.0
+        m["val/num_eos_tokens"] = acc.gather(batch["ended"].sum().reshape(1)).sum().item()
+        m["response_length"] = mean(batch["mask"].sum(1).float())
+        m["lr"] = self.scheduler.get_last_lr()[0]
+        m["episode"] = self.episode
+        m["eps"] = (self.episode - start_episode) / (time.time() - start_time)
+        m["step"] = self.step
+        return m
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        args, acc = self.args, self.accelerator
+        resume = resolve_resume(args.resume_from_checkpoint, self.output_dir)
+        if resume is not None:
+            state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler)
+            self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
+            if acc.is_main_process:
+                print(f"Resumed from {resume} at step {self.step} (episode {self.episode}).")
+        else:
+            set_seed(args.seed, device_specific=True)  # different samples on each rank
+        self.model.eval()  # dropout is off anyway; eval() also keeps generation deterministic per seed
+        start_time, start_episode = time.time(), self.episode
+        save_every = math.ceil(args.save_steps * self.num_steps) if 0 < args.save_steps < 1 else int(args.save_steps)
+        while self.step < self.num_steps:
+            batch = self.rollout(self.batch_prompts(self.step))
+            stats = self.update(batch)
+            self.step += 1
+            self.episode += self.batch_size
+            metrics = self._metrics(batch, stats, start_time, start_episode)
+            self.scheduler.step()
+            self.kl_ctl.update(metrics["objective/kl"], self.batch_size)
+            self._log(metrics)
+            if args.sample_every and (self.step % args.sample_every == 0 or self.step == self.num_steps):
+                self.sample_table()
+            if save_every and self.step % save_every == 0:
+                save_checkpoint(
+                    acc, self.output_dir, self.step,
+                    {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value},
+                    self.model, self.optimizer, self.scheduler, args.save_total_limit,
+                )  # fmt: skip
+        self.save_final()
+        acc.end_training()
+
+    def _log(self, metrics: dict) -> None:
+        acc = self.accelerator
+        acc.log(metrics, step=self.step)
+        if not acc.is_main_process:
+            return
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.args.logging_steps and (self.step % max(1, int(self.args.logging_steps)) == 0 or self.step == 1):
+            print(
+                f"step {self.step}/{self.num_steps} episode {self.episode} score {metrics['objective/scores']:.3f} "
+                f"kl {metrics['objective/kl']:.3f} rlhf_reward {metrics['objective/rlhf_reward']:.3f} "
+                f"entropy {metrics['policy/entropy_avg']:.3f} clipfrac {metrics['policy/clipfrac_avg']:.3f} "
+                f"vloss {metrics['loss/value_avg']:.4f} len {metrics['response_length']:.1f} eps {metrics['eps']:.1f}",
+                flush=True,
+            )
+
+    @torch.no_grad()
+    def sample_table(self) -> None:
+        """Sample the held-out prompts (all ranks: generation may be collective under ZeRO-3), print on rank 0."""
+        if not self.eval_prompts:
+            return
+        tok, acc = self.tokenizer, self.accelerator
+        queries = tokenize_prompts(tok, self.eval_prompts, self.args.max_prompt_length, acc.device)
+        with unwrap_model_for_generation(self.model, acc) as unwrapped:
+            responses = generate(unwrapped.lm, queries, self.gen_config, self.args.local_rollout_forward_batch_size)
+        ended = (responses == tok.eos_token_id).any(1)
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        scores = self.scorer(self.eval_prompts, texts, ended.tolist()).tolist()
+        if not acc.is_main_process:
+            return
+        rows = [
+            {"step": self.step, "prompt": p, "response": r, "score": s}
+            for p, r, s in zip(self.eval_prompts, texts, scores)
+        ]
+        with open(self.output_dir / "samples.jsonl", "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        print(f"--- samples at step {self.step} ---")
+        print(f"{'score':>7} | {'prompt':<40} | response")
+        for row in rows:
+            prompt = " ".join(row["prompt"].split())[-40:]
+            print(f"{row['score']:7.3f} | {prompt:<40} | {' '.join(row['response'].split())[:100]}")
+
+    def save_final(self) -> None:
+        """Policy adapter + tokenizer at the root, value head (and value adapter), merged/ plain policy."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        if acc.is_main_process:
+            out = self.output_dir
+            lm = model.lm
+            if hasattr(lm, "peft_config"):
+                lm.save_pretrained(out, selected_adapters=[POLICY])
+                if model.value_adapter:
+                    lm.save_pretrained(out, selected_adapters=[VALUE])  # peft writes it to out/value/
+            else:
+                lm.save_pretrained(out)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()},
+                      str(out / "value_head.safetensors"))  # fmt: skip
+            self.tokenizer.save_pretrained(out)
+            if self.args.save_merged:
+                self._save_merged(lm, out / "merged")
+            print(f"Saved the PPO policy to {out}")
+        acc.wait_for_everyone()
+
+    def _save_merged(self, lm, merged_dir: Path) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        if not hasattr(lm, "peft_config"):
+            lm.save_pretrained(merged_dir)
+        else:
+            # Merge into a fresh full-precision copy of the base: merging into a 4-bit base would be lossy, and
+            # the training model still carries the reference and value adapters.
+            base_path = lm.peft_config[POLICY].base_model_name_or_path
+            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=lm.get_base_model().dtype if not
+                                                        getattr(lm.get_base_model(), "is_loaded_in_4bit", False) else torch.bfloat16)  # fmt: skip
+            merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
+            merged.save_pretrained(merged_dir)
+        self.tokenizer.save_pretrained(merged_dir)

@@ -1,0 +1,76 @@
+"""The offline stand-in for a pretrained hub model: it must load like one and must have learned the language."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.base import CHAT_TEMPLATE, train_tokenizer
+from tests.conftest import RECIPE
+
+
+def test_base_model_learned_well_below_uniform(tiny_base):
+    results = json.loads((tiny_base / "eval_results.json").read_text())
+    uniform = math.log(512)
+    assert results["uniform_baseline_loss"] == pytest.approx(uniform, rel=0.01)
+    # A model that learned nothing sits at log(V) ~ 6.2; the built-in language is regular enough for far better.
+    assert results["eval_loss"] < 0.4 * uniform, results
+    assert 2e5 < results["num_parameters"] < 5e6
+
+
+def test_base_model_loads_like_a_hub_model_in_a_fresh_process(tiny_base):
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(tiny_base)!r})
+model = AutoModelForCausalLM.from_pretrained({str(tiny_base)!r})
+assert tok.pad_token == "<pad>" and tok.eos_token == "</s>" and tok.pad_token_id != tok.eos_token_id
+assert model.config.eos_token_id == tok.eos_token_id and model.generation_config.eos_token_id == tok.eos_token_id
+ids = tok.apply_chat_template([{{"role": "user", "content": "hello"}}], add_generation_prompt=True, return_tensors="pt")
+ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+out = model.generate(ids, max_new_tokens=8, do_sample=False)
+print(repr(tok.decode(out[0])))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Human: hello" in result.stdout and "Assistant:" in result.stdout
+
+
+def test_base_writes_only_safetensors_and_no_pickles(tiny_base):
+    names = {p.name for p in tiny_base.iterdir()}
+    assert "model.safetensors" in names
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names), names
+    assert not (tiny_base.parent / (tiny_base.name + ".tmp")).exists()
+
+
+def test_tokenizer_round_trips_any_text_and_renders_the_hh_format():
+    tok = train_tokenizer(
+        ["\n\nHuman: hi there\n\nAssistant: hello friend."] * 50, vocab_size=300, max_length=64
+    )
+    text = "Ünïcode and emoji 🙂 never seen in training"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level: no unknown tokens
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False
+    )
+    assert rendered == "\n\nHuman: hi\n\nAssistant: yo</s>"
+    assert tok.chat_template == CHAT_TEMPLATE
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    from pipeline.base import main
+    from pipeline.config import UserError
+
+    args = [
+        "--config",
+        str(RECIPE / "base.yaml"),
+        "--corpus_path",
+        str(tmp_path / "none"),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    with pytest.raises(UserError, match="make data"):
+        main(args)

@@ -1,0 +1,75 @@
+"""Every YAML under recipes/ must validate against its stage's config dataclasses, so no recipe can rot."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_recipe_file
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+STAGE_MODULES = {
+    "data": "data_prep.config",
+    "base": "pipeline.base",
+    "sft": "pipeline.sft",
+    "reward": "pipeline.reward",
+    "ppo": "pipeline.ppo",
+    "eval": "pipeline.evaluate",
+    "push": "pipeline.push",
+}
+RECIPE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate")
+
+
+def config_types_for(path: Path):
+    stage = path.stem
+    assert stage in STAGE_MODULES, f"{path}: file name must be one of {sorted(STAGE_MODULES)}.yaml"
+    return importlib.import_module(STAGE_MODULES[stage]).CONFIG_TYPES
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_validates_against_its_dataclasses(path):
+    configs = load_recipe_file(path, config_types_for(path))
+    assert all(c is not None for c in configs)
+
+
+def test_tiny_and_two_real_recipes_exist():
+    names = {p.parent.name for p in RECIPE_FILES}
+    assert "tiny" in names
+    assert len(names) >= 3, (
+        f"expected the tiny recipe and at least two real GPU recipes, found {sorted(names)}"
+    )
+
+
+def test_unknown_key_is_an_error_naming_key_and_file(tmp_path):
+    from pipeline.base import CONFIG_TYPES
+
+    bad = tmp_path / "base.yaml"
+    bad.write_text("hiden_size: 64\noutput_dir: out\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe_file(bad, CONFIG_TYPES)
+    message = str(err.value)
+    assert "'hiden_size'" in message and str(bad) in message and "hidden_size" in message
+
+
+def test_command_line_overrides_the_yaml(tmp_path):
+    from pipeline.base import CONFIG_TYPES
+    from pipeline.config import parse_config
+
+    model_args, training_args = parse_config(
+        CONFIG_TYPES, ["--config", str(RECIPES / "tiny" / "base.yaml"), "--hidden_size", "32", "--seed", "7"]
+    )
+    assert model_args.hidden_size == 32 and training_args.seed == 7
+    assert model_args.vocab_size == 512  # untouched YAML value
+
+
+def test_missing_or_malformed_config_file_is_a_clear_error(tmp_path):
+    from pipeline.base import CONFIG_TYPES
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe_file(tmp_path / "nope.yaml", CONFIG_TYPES)
+    listy = tmp_path / "base.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_recipe_file(listy, CONFIG_TYPES)
