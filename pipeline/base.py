@@ -39,7 +39,7 @@ class BaseModelArguments:
     corpus_path: str = field(
         default="runs/tiny/data/pretrain", metadata={"help": "datasets dir with a `text` column"}
     )
-    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary size, special tokens included"})
+    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary size, special tokens included"})
     hidden_size: int = 128
     intermediate_size: int = 384
     num_hidden_layers: int = 4

@@ -52,12 +52,13 @@ def model_kwargs(model_args=None) -> dict:
     """from_pretrained keyword arguments from a trl.ModelConfig (dtype, attention, 4/8-bit, remote code)."""
     if model_args is None:
         return {}
-    from trl.trainer.utils import get_kbit_device_map, get_quantization_config
+    from trl.trainer.utils import get_quantization_config
 
     quantization_config = get_quantization_config(model_args)
     kwargs = {
         "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
+        # trl 1.16's ModelConfig has no trust_remote_code field: off unless a config type adds it.
+        "trust_remote_code": getattr(model_args, "trust_remote_code", False),
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype
         if model_args.dtype in (None, "auto")
@@ -65,8 +66,16 @@ def model_kwargs(model_args=None) -> dict:
     }
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = get_kbit_device_map()
+        kwargs["device_map"] = _kbit_device_map()
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _kbit_device_map():
+    """Each process's k-bit model on its own device (trl 1.16 dropped get_kbit_device_map)."""
+    import torch
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def load_causal_lm(name_or_path: str, model_args=None, merge_adapter: bool = False, **kwargs):

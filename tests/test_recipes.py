@@ -61,7 +61,7 @@ def test_command_line_overrides_the_yaml(tmp_path):
         CONFIG_TYPES, ["--config", str(RECIPES / "tiny" / "base.yaml"), "--hidden_size", "32", "--seed", "7"]
     )
     assert model_args.hidden_size == 32 and training_args.seed == 7
-    assert model_args.vocab_size == 512  # untouched YAML value
+    assert model_args.vocab_size == 1000  # untouched YAML value
 
 
 def test_missing_or_malformed_config_file_is_a_clear_error(tmp_path):
@@ -73,3 +73,31 @@ def test_missing_or_malformed_config_file_is_a_clear_error(tmp_path):
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_recipe_file(listy, CONFIG_TYPES)
+
+
+ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_config_loads_and_says_when_to_use_it(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 1
+    assert path.read_text().startswith("#"), f"{path.name} must open with a comment on when to use it"
+
+
+def test_accelerate_configs_cover_every_engine():
+    names = {p.stem for p in ACCELERATE_CONFIGS}
+    wanted = {
+        "single_gpu",
+        "multi_gpu",
+        "multi_cpu",
+        "zero2",
+        "zero2_offload",
+        "zero3",
+        "zero3_offload",
+        "fsdp",
+        "multi_node",
+    }
+    assert wanted <= names, sorted(wanted - names)

@@ -30,7 +30,13 @@ TRL112_PYTHON = TRL112_VENV / "bin" / "python"
 # torch first and explicitly (a bare requirement pulls a multi-GB CUDA build); then the last TRL with PPO,
 # with the rest of the stack at the project's pinned versions.
 TRL112_TORCH = "torch==2.13.0"
-TRL112_PACKAGES = ["trl==1.12.0", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0", "datasets==5.2.0"]
+TRL112_PACKAGES = [
+    "trl==1.12.0",
+    "transformers==5.23.0",
+    "peft==0.21.2",
+    "accelerate==1.15.0",
+    "datasets==5.2.0",
+]
 
 
 def bench_env(threads: int) -> dict:
@@ -77,6 +83,11 @@ class RunResult:
     peak_rss_mib: float  # the process's own peak resident set (ru_maxrss)
     steps: list[tuple[float, dict]] = field(default_factory=list)  # (seconds since start, metrics row)
     output_tail: str = ""
+    cpu_s: float = 0.0  # user + system CPU seconds of the process (insensitive to other load on the machine)
+    loadavg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and at exit
+
+    def cpu_s_per_episode(self) -> float | None:
+        return self.cpu_s / self.episodes if self.episodes else None
 
     @property
     def episodes(self) -> int:
@@ -129,12 +140,15 @@ def run_measured(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list = []
     stop = threading.Event()
+    load_start = os.getloadavg()[0]
     with open(log_path, "w") as log:
         start = time.time()
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         watcher = None
         if metrics_path is not None:
-            watcher = threading.Thread(target=_watch_jsonl, args=(metrics_path, start, rows, stop), daemon=True)
+            watcher = threading.Thread(
+                target=_watch_jsonl, args=(metrics_path, start, rows, stop), daemon=True
+            )
             watcher.start()
         deadline = start + timeout
         while True:
@@ -152,7 +166,9 @@ def run_measured(
         if watcher is not None:
             watcher.join()
     tail = log_path.read_text(errors="replace")[-3000:]
-    return RunResult(command, proc.returncode, wall, usage.ru_maxrss / 1024, rows, tail)
+    cpu = usage.ru_utime + usage.ru_stime
+    loads = (load_start, os.getloadavg()[0])
+    return RunResult(command, proc.returncode, wall, usage.ru_maxrss / 1024, rows, tail, cpu, loads)
 
 
 def check(result: RunResult, what: str) -> RunResult:

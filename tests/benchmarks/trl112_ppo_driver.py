@@ -48,7 +48,9 @@ class JsonlMetrics(TrainerCallback):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sft_model_path", required=True, help="plain causal LM dir (policy and reference)")
-    p.add_argument("--reward_model_path", required=True, help="plain sequence-classification dir (reward, value)")
+    p.add_argument(
+        "--reward_model_path", required=True, help="plain sequence-classification dir (reward, value)"
+    )
     p.add_argument("--prompts_path", required=True, help="datasets.save_to_disk dir with a `prompt` column")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--metrics_path", required=True)
@@ -64,7 +66,9 @@ def parse_args():
     p.add_argument("--kl_coef", type=float, default=0.05)
     p.add_argument("--learning_rate", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lora_r", type=int, default=0, help="0: full fine-tuning (TRL's default); >0: LoRA policy")
+    p.add_argument(
+        "--lora_r", type=int, default=0, help="0: full fine-tuning (TRL's default); >0: LoRA policy"
+    )
     p.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return p.parse_args()
 
@@ -86,13 +90,19 @@ def main():
 
     dtype = torch.float32
     policy = AutoModelForCausalLM.from_pretrained(a.sft_model_path, dtype=dtype)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(a.reward_model_path, num_labels=1, dtype=dtype)
-    value_model = AutoModelForSequenceClassification.from_pretrained(a.reward_model_path, num_labels=1, dtype=dtype)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(
+        a.reward_model_path, num_labels=1, dtype=dtype
+    )
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        a.reward_model_path, num_labels=1, dtype=dtype
+    )
     peft_config = None
     if a.lora_r:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=a.lora_r, lora_alpha=2 * a.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         ref_policy = None  # TRL then uses the policy with its adapter disabled
     else:
         ref_policy = AutoModelForCausalLM.from_pretrained(a.sft_model_path, dtype=dtype)

@@ -1,0 +1,395 @@
+"""Evaluate a finished run: the SFT and the PPO policy on held-out prompts, and the reward model on held-out pairs.
+
+Both policies sample with the same settings and seed; their answers are scored by the reward model (which may
+use another tokenizer: texts are decoded and re-encoded) and, on the built-in task, by the programmatic labeler.
+The KL of the PPO policy from the SFT policy is estimated on the PPO samples (k1: mean over prompts of the sum
+over response tokens of log pi_ppo - log pi_sft, both at the sampling temperature, as the PPO stage logs it).
+Writes `eval.json`, `eval_samples.jsonl`, `report.md` and `plots/*.png` to the run directory.
+
+    python -m pipeline.evaluate --config recipes/tiny/eval.yaml
+    accelerate launch --config_file ... -m pipeline.evaluate --config ...   # prompts sharded across processes
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import UserError, parse_config, run_main
+
+
+@dataclass
+class EvalArguments:
+    run_dir: str = field(default="runs/tiny", metadata={"help": "run dir; eval.json, report.md, plots/ go here"})
+    sft_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/sft"})
+    ppo_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/ppo"})
+    reward_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/reward"})
+    eval_prompts_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/data/eval_prompts"})
+    preference_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/data/preference"})
+    preference_split: str = field(default="test", metadata={"help": "split of held-out pairs for RM accuracy"})
+    prompt_field: str = "prompt"
+    labeler: str | None = field(
+        default=None,
+        metadata={"help": "'module:function' f(prompts, responses) -> list[float] (built-in task: "
+                  "data_prep.task:labeler_scores); null when there is no programmatic labeler"},
+    )  # fmt: skip
+    num_prompts: int | None = field(default=None, metadata={"help": "use the first N eval prompts (all if unset)"})
+    num_pairs: int | None = field(default=None, metadata={"help": "use the first N held-out pairs (all if unset)"})
+    max_new_tokens: int = 53
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float = 1.0
+    max_prompt_length: int = 512
+    batch_size: int = field(default=32, metadata={"help": "per-process batch for generation and scoring"})
+    seed: int = 0
+    num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
+
+    def __post_init__(self):
+        run = Path(self.run_dir)
+        self.sft_model_path = self.sft_model_path or str(run / "sft")
+        self.ppo_model_path = self.ppo_model_path or str(run / "ppo")
+        self.reward_model_path = self.reward_model_path or str(run / "reward")
+        self.eval_prompts_path = self.eval_prompts_path or str(run / "data" / "eval_prompts")
+        self.preference_path = self.preference_path or str(run / "data" / "preference")
+        if self.temperature <= 0:
+            raise UserError("temperature must be > 0: the policies are compared on sampled answers.")
+
+
+def _model_config_type():
+    from trl import ModelConfig
+
+    return ModelConfig
+
+
+CONFIG_TYPES = (EvalArguments, _model_config_type())
+
+# Which stage writes each input, for errors that say what to run.
+PRODUCERS = {"sft": "make sft", "ppo": "make ppo", "reward": "make reward", "data": "make data"}
+
+
+def check_inputs(args: EvalArguments) -> None:
+    needed = [
+        ("eval_prompts_path", "held-out prompts", "data"),
+        ("preference_path", "held-out preference pairs", "data"),
+        ("sft_model_path", "SFT policy", "sft"),
+        ("reward_model_path", "reward model", "reward"),
+        ("ppo_model_path", "PPO policy", "ppo"),
+    ]
+    for name, what, stage in needed:
+        path = getattr(args, name)
+        if not Path(path).exists():
+            raise UserError(
+                f"The {what} ({path}) does not exist yet: run the {stage} stage first ({PRODUCERS[stage]} "
+                f"RECIPE=recipes/<name>), or point eval at it with --{name}."
+            )
+
+
+def load_callable(spec: str):
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"labeler {spec!r} cannot be imported ({err}); use 'package.module:function'.") from err
+    return fn
+
+
+# --- policies ----------------------------------------------------------------------------------------------
+
+
+def load_policy(path: str, model_args, device):
+    """A policy for inference: adapters are merged (faster) unless the base is quantized."""
+    from pipeline.models import load_causal_lm
+
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    model = load_causal_lm(path, model_args, merge_adapter=not quantized)
+    if not quantized:
+        model.to(device)
+    return model.eval().requires_grad_(False)
+
+
+def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int):
+    """Prompt batches and sampled responses (token ids, padded after EOS), batched with left padding.
+
+    Reuses the PPO stage's rollout code, so eval samples exactly as training did.
+    """
+    from types import SimpleNamespace
+
+    from transformers import set_seed
+
+    from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
+
+    sampling = SimpleNamespace(
+        response_length=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+    )
+    config = generation_config(sampling, tokenizer)
+    set_seed(seed)
+    queries, responses = [], []
+    for i in range(0, len(prompts), args.batch_size):
+        batch = tokenize_prompts(tokenizer, prompts[i : i + args.batch_size], args.max_prompt_length, model.device)
+        queries.append(batch)
+        responses.append(generate(model, batch, config, args.batch_size))
+    return queries, responses
+
+
+def response_mask(responses, eos_token_id: int):
+    """Tokens of each response up to and including its first EOS."""
+    from pipeline.ppo.core import first_eos_mask
+
+    return first_eos_mask(responses, eos_token_id)
+
+
+def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
+    """Sum over response tokens of log pi(token | context) at `temperature` (one batch)."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax
+
+    input_ids = torch.cat([query["input_ids"], responses], dim=1)
+    attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+    # Left padding: positions must count real tokens only, as in generation.
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    q = query["input_ids"].shape[1]
+    logits = logits[:, q - 1 : -1].float() / temperature
+    logprobs = selective_log_softmax(logits, responses)
+    return (logprobs * mask).sum(1)
+
+
+def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]]:
+    ended = (responses == tokenizer.eos_token_id).any(1).tolist()
+    lengths = mask.sum(1).tolist()
+    texts = tokenizer.batch_decode(responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True)
+    return texts, ended, lengths
+
+
+# --- reward model ------------------------------------------------------------------------------------------
+
+
+class RewardModel:
+    """Scores prompt + response texts with the reward model's own tokenizer (EOS appended when the answer
+    ended, as the reward stage trained on it)."""
+
+    def __init__(self, path: str, model_args, device, batch_size: int):
+        from pipeline.models import load_reward_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(path)
+        self.tokenizer.padding_side = "right"
+        self.model = load_reward_model(path, model_args).eval().requires_grad_(False)
+        if not (model_args.load_in_4bit or model_args.load_in_8bit):
+            self.model.to(device)
+        self.batch_size = batch_size
+
+    def __call__(self, prompts: list[str], responses: list[str], ended: list[bool]) -> list[float]:
+        import torch
+
+        eos = self.tokenizer.eos_token or ""
+        texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
+        scores = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            with torch.no_grad():
+                scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
+        return scores
+
+
+# --- the evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], device, seed: int) -> list[dict]:
+    """One record per prompt: both policies' answers, their lengths, and the PPO sample's log-ratio to SFT."""
+    from pipeline.models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.sft_model_path)
+    ppo_tokenizer = load_tokenizer(args.ppo_model_path)
+    if ppo_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            f"The PPO policy ({args.ppo_model_path}) and the SFT policy ({args.sft_model_path}) have different "
+            "tokenizers; PPO must start from the SFT policy for the comparison and the KL to mean anything."
+        )
+    records = [{"prompt": p} for p in prompts]
+
+    sft = load_policy(args.sft_model_path, model_args, device)
+    queries, responses = sample(sft, tokenizer, prompts, args, seed)
+    _store(records, "sft", tokenizer, responses)
+    del responses
+
+    ppo = load_policy(args.ppo_model_path, model_args, device)
+    queries, responses = sample(ppo, tokenizer, prompts, args, seed)
+    _store(records, "ppo", tokenizer, responses)
+    i = 0
+    for query, batch in zip(queries, responses):
+        mask = response_mask(batch, tokenizer.eos_token_id)
+        log_ratio = sequence_logprobs(ppo, query, batch, mask, args.temperature) - sequence_logprobs(
+            sft, query, batch, mask, args.temperature
+        )
+        for value in log_ratio.tolist():
+            records[i]["ppo_log_ratio"] = value
+            i += 1
+    del sft, ppo
+    return records
+
+
+def _store(records: list[dict], name: str, tokenizer, responses) -> None:
+    i = 0
+    for batch in responses:
+        mask = response_mask(batch, tokenizer.eos_token_id)
+        for text, ended, length in zip(*decode(tokenizer, batch, mask)):
+            records[i].update({f"{name}_response": text, f"{name}_ended": ended, f"{name}_length": length})
+            i += 1
+
+
+def score_records(records: list[dict], reward_model: RewardModel, labeler) -> None:
+    prompts = [r["prompt"] for r in records]
+    for name in ("sft", "ppo"):
+        responses = [r[f"{name}_response"] for r in records]
+        rm_scores = reward_model(prompts, responses, [r[f"{name}_ended"] for r in records])
+        labels = labeler(prompts, responses) if labeler else [None] * len(records)
+        for record, score, label in zip(records, rm_scores, labels):
+            record[f"{name}_reward_model_score"] = score
+            record[f"{name}_labeler_score"] = None if label is None else float(label)
+
+
+def preference_margins(pairs: list[dict], reward_model: RewardModel) -> list[float]:
+    """score(chosen) - score(rejected) per held-out pair (both complete answers: EOS appended)."""
+    prompts = [p["prompt"] for p in pairs]
+    ended = [True] * len(pairs)
+    chosen = reward_model(prompts, [p["chosen"] for p in pairs], ended)
+    rejected = reward_model(prompts, [p["rejected"] for p in pairs], ended)
+    return [c - r for c, r in zip(chosen, rejected)]
+
+
+def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
+    from datasets import DatasetDict, load_from_disk
+
+    prompts_ds = load_from_disk(args.eval_prompts_path)
+    if args.prompt_field not in prompts_ds.column_names:
+        raise UserError(f"{args.eval_prompts_path} has columns {prompts_ds.column_names}; expected '{args.prompt_field}'.")
+    prompts = list(prompts_ds[args.prompt_field])[: args.num_prompts]
+    preference = load_from_disk(args.preference_path)
+    if isinstance(preference, DatasetDict):
+        if args.preference_split not in preference:
+            raise UserError(
+                f"{args.preference_path} has splits {list(preference)}; set preference_split to one of them."
+            )
+        preference = preference[args.preference_split]
+    missing = {"prompt", "chosen", "rejected"} - set(preference.column_names)
+    if missing:
+        raise UserError(f"{args.preference_path} lacks columns {sorted(missing)}; expected prompt/chosen/rejected.")
+    pairs = preference.select_columns(["prompt", "chosen", "rejected"]).to_list()[: args.num_pairs]
+    if not prompts or not pairs:
+        raise UserError(f"No eval prompts ({len(prompts)}) or held-out pairs ({len(pairs)}) to evaluate on.")
+    return prompts, pairs
+
+
+def summarize(records: list[dict], margins: list[float], args: EvalArguments, num_processes: int) -> dict:
+    def mean(key):
+        values = [r[key] for r in records if r.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    def std(key):
+        values = [r[key] for r in records if r.get(key) is not None]
+        return statistics.pstdev(values) if values else None
+
+    result = {
+        "reward_model_accuracy": statistics.fmean(m > 0 for m in margins),
+        "sft_reward_model_score": mean("sft_reward_model_score"),
+        "ppo_reward_model_score": mean("ppo_reward_model_score"),
+        "sft_labeler_score": mean("sft_labeler_score"),
+        "ppo_labeler_score": mean("ppo_labeler_score"),
+        "kl_ppo_from_sft": mean("ppo_log_ratio"),
+    }
+    result["policies"] = {
+        name: {
+            "model_path": getattr(args, f"{name}_model_path"),
+            "reward_model_score_std": std(f"{name}_reward_model_score"),
+            "labeler_score_std": std(f"{name}_labeler_score"),
+            "response_length_mean": mean(f"{name}_length"),
+            "ended_fraction": mean(f"{name}_ended"),
+        }
+        for name in ("sft", "ppo")
+    }
+    if args.labeler:
+        wins = [r["ppo_labeler_score"] > r["sft_labeler_score"] for r in records]
+        ties = [r["ppo_labeler_score"] == r["sft_labeler_score"] for r in records]
+        result["ppo_labeler_win_rate"] = statistics.fmean(wins)
+        result["labeler_tie_rate"] = statistics.fmean(ties)
+    result["reward_model_margin_mean"] = statistics.fmean(margins)
+    result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}
+    result["settings"] = {
+        "reward_model_path": args.reward_model_path,
+        "eval_prompts_path": args.eval_prompts_path,
+        "preference_path": f"{args.preference_path}[{args.preference_split}]",
+        "labeler": args.labeler,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "num_processes": num_processes,
+        "kl_estimator": "k1 on PPO samples, summed over response tokens, logits / temperature",
+    }
+    return result
+
+
+def main(args=None):
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    eval_args, model_args = parse_config(CONFIG_TYPES, args)
+    check_inputs(eval_args)
+    labeler = load_callable(eval_args.labeler) if eval_args.labeler else None
+    prompts, pairs = load_inputs(eval_args)
+
+    state = PartialState()
+    seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
+    with state.split_between_processes(prompts, apply_padding=True) as shard:
+        records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed)
+    reward_model = RewardModel(eval_args.reward_model_path, model_args, state.device, eval_args.batch_size)
+    score_records(records, reward_model, labeler)
+    with state.split_between_processes(pairs, apply_padding=True) as shard:
+        margins = preference_margins(list(shard), reward_model)
+    # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
+    records = gather_object(records)[: len(prompts)]
+    margins = gather_object(margins)[: len(pairs)]
+
+    result = summarize(records, margins, eval_args, state.num_processes)
+    if state.is_main_process:
+        write_outputs(eval_args, result, records)
+    state.wait_for_everyone()
+    return result
+
+
+def write_outputs(args: EvalArguments, result: dict, records: list[dict]) -> None:
+    from pipeline.report import write_report
+
+    run = Path(args.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(run / "eval_samples.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    report = write_report(run, result, records, Path(args.ppo_model_path) / "metrics.jsonl", args.num_report_samples)
+    print(headline(result, report))
+
+
+def headline(result: dict, report: Path) -> str:
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [
+        f"Report: {report}",
+        f"  reward model accuracy on held-out pairs: {fmt(result['reward_model_accuracy'])}",
+        f"  reward-model score  SFT {fmt(result['sft_reward_model_score'])}  PPO {fmt(result['ppo_reward_model_score'])}",
+    ]
+    if result["sft_labeler_score"] is not None:
+        lines.append(f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}")
+    lines.append(f"  KL(PPO || SFT) per answer: {fmt(result['kl_ppo_from_sft'])} nats")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_main(main)

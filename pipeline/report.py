@@ -1,0 +1,186 @@
+"""The evaluation report: `report.md` with PNG plots a person would rather look at than read.
+
+    plots/ppo_training.png          PPO curves over steps (reward, KL, value loss, response length)
+    plots/reward_distributions.png  histograms of SFT vs PPO scores (reward model; labeler on the built-in task)
+
+Matplotlib runs on the Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SFT_COLOR, PPO_COLOR = "#4C72B0", "#DD8452"
+
+# (title, y label, candidate metrics.jsonl keys: first present wins per line, label per line)
+TRAINING_PANELS = [
+    ("Reward", "score", [("objective/scores", "reward-model score"), ("objective/rlhf_reward", "score - KL penalty")]),
+    ("KL from the SFT policy", "nats per answer", [("objective/kl", "KL")]),
+    ("Value loss", "loss", [("loss/value_avg", "value loss")]),
+    ("Response length", "tokens", [("response_length", "mean length")]),
+]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average, so short runs stay visible and long noisy runs show their trend."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_training(metrics: list[dict], path: Path) -> bool:
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    drawn = False
+    window = max(1, len(metrics) // 20)
+    for ax, (title, ylabel, series) in zip(axes.flat, TRAINING_PANELS):
+        for key, label in series:
+            points = [(row.get("step", i + 1), row[key]) for i, row in enumerate(metrics) if row.get(key) is not None]
+            if not points:
+                continue
+            steps, values = zip(*points)
+            color = PPO_COLOR if key != "objective/rlhf_reward" else "#55A868"
+            if window > 1:
+                ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+            ax.plot(steps, smooth(list(values), window), color=color, linewidth=2, label=label)
+            drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(loc="best", fontsize=9)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.suptitle("PPO training" + (f" (lines: moving average over {window} steps)" if window > 1 else ""))
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def plot_distributions(records: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    kinds = [("reward_model_score", "Reward-model score")]
+    if any(r.get("sft_labeler_score") is not None for r in records):
+        kinds.append(("labeler_score", "Labeler score (built-in task)"))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), constrained_layout=True, squeeze=False)
+    for ax, (key, title) in zip(axes[0], kinds):
+        sft = [r[f"sft_{key}"] for r in records]
+        ppo = [r[f"ppo_{key}"] for r in records]
+        low, high = min(sft + ppo), max(sft + ppo)
+        bins = 20 if high > low else 1
+        for name, values, color in (("SFT", sft, SFT_COLOR), ("PPO", ppo, PPO_COLOR)):
+            mean = sum(values) / len(values)
+            ax.hist(values, bins=bins, range=(low, high or low + 1), alpha=0.55, color=color,
+                    label=f"{name} (mean {mean:.2f})")  # fmt: skip
+            ax.axvline(mean, color=color, linestyle="--", linewidth=2)
+        ax.set_title(title)
+        ax.set_xlabel("score (higher is better)")
+        ax.set_ylabel("held-out prompts")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Scores of SFT and PPO answers on {len(records)} held-out prompts")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cell(text: str, limit: int = 220) -> str:
+    """Markdown-table-safe text: one line, pipes escaped, long answers cut."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or "*(empty)*"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def sample_table(records: list[dict], n: int) -> list[str]:
+    labeled = records and records[0].get("sft_labeler_score") is not None
+    key = "labeler_score" if labeled else "reward_model_score"
+    lines = [
+        f"| prompt | SFT answer | {key.replace('_', ' ')} | PPO answer | {key.replace('_', ' ')} |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records[:n]:
+        prompt = r["prompt"].replace("\n\nHuman:", " Human:").replace("\n\nAssistant:", " Assistant:")
+        lines.append(
+            f"| {_cell(prompt, 120)} | {_cell(r['sft_response'])} | {_fmt(r[f'sft_{key}'])} "
+            f"| {_cell(r['ppo_response'])} | {_fmt(r[f'ppo_{key}'])} |"
+        )
+    return lines
+
+
+def write_report(run_dir: Path, result: dict, records: list[dict], metrics_path: Path, num_samples: int = 8) -> Path:
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    metrics = read_metrics(metrics_path)
+    has_curves = plot_training(metrics, plots / "ppo_training.png") if metrics else False
+    plot_distributions(records, plots / "reward_distributions.png")
+    policies = result["policies"]
+    counts = result["counts"]
+
+    lines = [
+        f"# Evaluation of {run_dir.name}",
+        "",
+        f"{counts['num_prompts']} held-out prompts, answered by the SFT and the PPO policy with the same sampling "
+        f"settings (temperature {result['settings']['temperature']}, at most {result['settings']['max_new_tokens']} "
+        f"new tokens, seed {result['settings']['seed']}).",
+        "",
+        "| | SFT | PPO |",
+        "|---|---|---|",
+        f"| reward-model score (mean) | {_fmt(result['sft_reward_model_score'])} | {_fmt(result['ppo_reward_model_score'])} |",
+    ]
+    if result.get("sft_labeler_score") is not None:
+        lines.append(f"| labeler score (mean) | {_fmt(result['sft_labeler_score'])} | {_fmt(result['ppo_labeler_score'])} |")
+    lines += [
+        f"| response length (tokens) | {_fmt(policies['sft']['response_length_mean'])} "
+        f"| {_fmt(policies['ppo']['response_length_mean'])} |",
+        f"| answers that ended (EOS) | {_fmt(policies['sft']['ended_fraction'])} | {_fmt(policies['ppo']['ended_fraction'])} |",
+        "",
+        f"- **KL(PPO ‖ SFT)**: {_fmt(result['kl_ppo_from_sft'])} nats per answer (on PPO's samples).",
+        f"- **Reward-model accuracy** on {counts['num_preference_pairs']} held-out preference pairs: "
+        f"{_fmt(result['reward_model_accuracy'])} (chance: 0.5).",
+    ]
+    if "ppo_labeler_win_rate" in result:
+        lines.append(
+            f"- PPO's answer scores higher than SFT's with the labeler on {result['ppo_labeler_win_rate']:.0%} of "
+            f"prompts (ties {result['labeler_tie_rate']:.0%})."
+        )
+    lines += ["", "## Score distributions", "", "![Score distributions](plots/reward_distributions.png)", ""]
+    lines += ["## PPO training", ""]
+    if has_curves:
+        lines += [f"{len(metrics)} logged steps from `{metrics_path}`.", "", "![PPO training](plots/ppo_training.png)"]
+    else:
+        lines.append(f"No training metrics found at `{metrics_path}`.")
+    lines += ["", "## Sample answers", "", *sample_table(records, num_samples), ""]
+    lines += ["All answers and scores: `eval_samples.jsonl`; all figures: `eval.json`.", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

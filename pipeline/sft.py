@@ -1,0 +1,168 @@
+"""Stage 1: supervised fine-tuning (SFT) on demonstrations, with TRL's `SFTTrainer`.
+
+LoRA on every linear layer by default; QLoRA with `load_in_4bit: true` (bitsandbytes, works on CPU too); full
+fine-tuning with `use_peft: false`. The loss covers the response only: the completion of `{prompt, completion}`
+rows, the assistant turns (via the chat template) of `{messages}` rows. Held-out loss is measured before and
+after training with the same loss, and saved in `eval_results.json` as `base_eval_loss` and `eval_loss`.
+
+    python -m pipeline.sft --config recipes/tiny/sft.yaml [--learning_rate 1e-3 ...]
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m pipeline.sft --config ...
+
+Output (`output_dir`): the LoRA adapter + tokenizer (adapter_config.json names the base model), and with
+`merge_adapter: true` a plain merged model in `merged/` (`AutoModelForCausalLM.from_pretrained(dir/merged)`).
+Full fine-tuning writes a plain model at the root. Checkpoints go to `<output_dir>.checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig
+
+from pipeline.config import UserError, parse_config, run_main
+from pipeline.training import (
+    LoraModelConfig,
+    checkpoint_dir,
+    finish_checkpoints,
+    fresh_tmp_dir,
+    load_pretrained,
+    merge_adapter,
+    publish_atomically,
+    resolve_resume,
+)
+
+
+@dataclass
+class SFTScriptArguments:
+    """Which data to train on and what to write besides the adapter."""
+
+    dataset_path: str = field(
+        default="runs/tiny/data/sft",
+        metadata={"help": "datasets.save_to_disk dir (DatasetDict) with {prompt, completion} or {messages} rows"},
+    )
+    train_split: str = "train"
+    eval_split: str = field(default="test", metadata={"help": "held-out split for eval loss ('' to skip eval)"})
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "also write a plain merged model to <output_dir>/merged"}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
+    )
+
+
+CONFIG_TYPES = (SFTScriptArguments, SFTConfig, LoraModelConfig)
+
+
+def load_sft_splits(script_args: SFTScriptArguments):
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(script_args.dataset_path)
+    if not path.exists():
+        raise UserError(f"SFT data {path} does not exist. Build it first (make data) or set dataset_path.")
+    data = load_from_disk(str(path))
+    if not isinstance(data, DatasetDict) or script_args.train_split not in data:
+        found = list(data) if isinstance(data, DatasetDict) else "a single Dataset"
+        raise UserError(
+            f"SFT data {path} must be a DatasetDict with a '{script_args.train_split}' split; found {found}. "
+            "Set train_split/eval_split or rebuild it with data_prep."
+        )
+    columns = set(data[script_args.train_split].column_names)
+    if not ({"prompt", "completion"} <= columns or "messages" in columns):
+        raise UserError(
+            f"SFT data {path} has columns {sorted(columns)}; expected 'prompt' + 'completion' or 'messages'."
+        )
+    eval_split = script_args.eval_split or None
+    if eval_split is not None and eval_split not in data:
+        raise UserError(f"SFT data {path} has no '{eval_split}' split (splits: {list(data)}); set eval_split.")
+    return data[script_args.train_split], data[eval_split] if eval_split else None
+
+
+def main(args=None):
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models import load_tokenizer
+
+    script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    if not model_args.model_name_or_path:
+        raise UserError("Set model_name_or_path (a local model dir or a hub id).")
+    train_data, eval_data = load_sft_splits(script_args)
+
+    remote_code = training_args.trust_remote_code
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
+    if "messages" in train_data.column_names:
+        if tokenizer.chat_template is None and training_args.chat_template_path is None:
+            raise UserError(
+                f"{script_args.dataset_path} holds chat `messages` but the tokenizer of "
+                f"{model_args.model_name_or_path} has no chat template; set chat_template_path."
+            )
+        # "Loss on the response only" for chat data = loss on the assistant turns (the template marks them).
+        if training_args.completion_only_loss is not False:
+            training_args.assistant_only_loss = True
+
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        model_args.model_name_or_path,
+        model_args,
+        remote_code,
+        gradient_checkpointing=training_args.gradient_checkpointing,
+    )
+    final_dir = Path(training_args.output_dir)
+    checkpoints = checkpoint_dir(training_args.output_dir)
+    training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
+    resume = resolve_resume(training_args.resume_from_checkpoint, checkpoints)
+
+    from trl import SFTTrainer
+    from trl.trainer.utils import get_peft_config
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+    metrics = {}
+    if eval_data is not None and resume is None:
+        # A fresh LoRA adapter is a no-op (B = 0), so this is the base model's loss under the same masking.
+        metrics["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update(train_result.metrics)
+    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(train_result.metrics["train_runtime"], 1e-9)
+    metrics["resumed_from_checkpoint"] = resume
+    if eval_data is not None:
+        metrics.update(trainer.evaluate())
+
+    if trainer.is_world_process_zero():
+        save_sft(trainer, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics)
+    trainer.accelerator.wait_for_everyone()
+    if training_args.push_to_hub:  # the standard Trainer path: what it trained (adapter or model) + model card
+        trainer.push_to_hub()
+    finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
+    if "base_eval_loss" in metrics:
+        print(f"Held-out completion loss: base {metrics['base_eval_loss']:.3f} -> SFT {metrics['eval_loss']:.3f}")
+    print(f"Saved to {final_dir}")
+    return metrics
+
+
+def save_sft(trainer, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict) -> None:
+    """Adapter (or full model) + tokenizer, optionally a merged plain model, written to a temp dir then renamed."""
+    from transformers import AutoModelForCausalLM
+
+    tmp = fresh_tmp_dir(final_dir)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
+    if merge and model_args.use_peft:
+        merged = merge_adapter(AutoModelForCausalLM, tmp, model_args.model_name_or_path, model_args, remote_code)
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    publish_atomically(tmp, final_dir)
+
+
+if __name__ == "__main__":
+    run_main(main)

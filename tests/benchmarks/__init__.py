@@ -1,0 +1,1 @@
+"""Benchmarks (not tests: scripts named bench_*.py, which pytest does not collect). Figures go in BENCHMARKS.md."""

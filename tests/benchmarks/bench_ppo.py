@@ -1,0 +1,351 @@
+"""PPO benchmark: episodes per second and peak memory of our trainer vs `trl==1.12.0`'s experimental PPOTrainer.
+
+Not a test (pytest does not collect it). Run from the repo root, after `make data base sft reward`:
+
+    .venv/bin/python -m tests.benchmarks.bench_ppo                    # both model sizes
+    .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --repeats 2
+
+Both trainers get the same policy, reward model, prompts and settings (batch, response length, PPO epochs,
+mini-batches, total episodes, temperature, fp32, CPU threads). The reference runs in its own virtualenv
+(`.bench/trl112`, created here on first use) through `trl112_ppo_driver.py`, holding TRL's four full models.
+Ours runs as users run it: `python -m pipeline.ppo --config recipes/tiny/ppo.yaml --field value ...`.
+
+Model sizes:
+  tiny   the tiny recipe's own models: runs/tiny/sft (ours: the LoRA adapter; TRL: sft/merged) + runs/tiny/reward
+  large  a ~35M-parameter Llama (hidden 512, 10 layers, MLP 1536) with the tiny recipe's tokenizer, randomly
+         initialised (seed 0) as a causal LM (policy) and as a one-label sequence classifier (reward model).
+         Throughput and memory do not depend on the weights, except through response length: a random policy
+         almost never emits EOS, so every response runs to `response_length` in both trainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+from tests.benchmarks.common import (
+    BENCH_DIR,
+    PROJECT_PYTHON,
+    REPO,
+    baseline_rss_mib,
+    bench_env,
+    check,
+    ensure_trl112_venv,
+    invocation,
+    machine_description,
+    markdown_table,
+    run_measured,
+)
+
+DRIVER = Path(__file__).resolve().parent / "trl112_ppo_driver.py"
+LARGE_DIR = BENCH_DIR / "models" / "llama35m"
+LARGE_CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8)
+
+# Settings shared by both trainers, per model size. num_mini_batches and gradient_accumulation_steps stay 1:
+# the two trainers define the rollout batch differently when they are >1 (TRL 1.12: per_device * grad_accum;
+# ours: per_device * grad_accum * num_mini_batches), and with 1 both roll out per_device_train_batch_size
+# prompts per step and take one optimizer step per PPO epoch.
+SETTINGS = {
+    "tiny": dict(
+        total_episodes=256,
+        per_device_train_batch_size=32,
+        gradient_accumulation_steps=1,
+        num_ppo_epochs=4,
+        num_mini_batches=1,
+        local_rollout_forward_batch_size=32,
+        response_length=48,
+        temperature=0.7,
+        missing_eos_penalty=1.0,
+        kl_coef=0.05,
+        learning_rate=1e-5,
+        seed=0,
+    ),
+    "large": dict(
+        total_episodes=64,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_ppo_epochs=4,
+        num_mini_batches=1,
+        local_rollout_forward_batch_size=16,
+        response_length=48,
+        temperature=0.7,
+        missing_eos_penalty=1.0,
+        kl_coef=0.05,
+        learning_rate=1e-5,
+        seed=0,
+    ),
+}
+
+
+def build_large_models(tokenizer_dir: Path, out: Path = LARGE_DIR) -> tuple[Path, Path]:
+    """A ~35M-parameter Llama policy and reward model (random init, seed 0) with the tiny recipe's tokenizer."""
+    policy_dir, reward_dir = out / "policy", out / "reward"
+    if (policy_dir / "config.json").exists() and (reward_dir / "config.json").exists():
+        return policy_dir, reward_dir
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        num_labels=1,
+        **LARGE_CONFIG,
+    )
+    for cls, path in ((LlamaForCausalLM, policy_dir), (LlamaForSequenceClassification, reward_dir)):
+        torch.manual_seed(0)
+        model = cls(config)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return policy_dir, reward_dir
+
+
+def count_params(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in path.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
+def tiny_stand_in_reward(base_dir: Path, out: Path = BENCH_DIR / "models" / "tiny_base_reward") -> Path:
+    """A reward model on the tiny base (score head random, seed 0), for when runs/tiny/reward is not built yet."""
+    if not (out / "config.json").exists():
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+        model.config.pad_token_id = AutoTokenizer.from_pretrained(base_dir).pad_token_id
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return out
+
+
+def model_paths(size: str) -> dict:
+    runs = REPO / "runs" / "tiny"
+    base = runs / "base"
+    if not (base / "tokenizer.json").exists():
+        raise SystemExit(f"{base} is missing: run `make data base` first (both sizes use its tokenizer).")
+    if size == "tiny":
+        sft, merged, reward = runs / "sft", runs / "sft" / "merged", runs / "reward"
+        if (merged / "config.json").exists() and (reward / "config.json").exists():
+            return dict(
+                ours_policy=sft,
+                trl_policy=merged,
+                reward=reward,
+                params_dir=merged,
+                source="runs/tiny sft+reward",
+            )
+        # Before `make sft reward` has run: the tiny base model as the policy and a reward model on it.
+        print(
+            "runs/tiny/sft or runs/tiny/reward missing: using runs/tiny/base as the policy (stand-in).",
+            flush=True,
+        )
+        return dict(ours_policy=base, trl_policy=base, reward=tiny_stand_in_reward(base), params_dir=base,
+                    source="runs/tiny/base (stand-in for SFT) + reward head on it")  # fmt: skip
+    policy, reward = build_large_models(base)
+    return dict(
+        ours_policy=policy, trl_policy=policy, reward=reward, params_dir=policy, source="random init 35M"
+    )
+
+
+def ppo_recipe() -> Path:
+    """The tiny recipe's ppo.yaml; an empty config before it exists (every field that matters is set below)."""
+    recipe = REPO / "recipes" / "tiny" / "ppo.yaml"
+    if recipe.exists():
+        return recipe
+    empty = BENCH_DIR / "empty_ppo.yaml"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_text("{}\n")
+    return empty
+
+
+def ours_command(
+    settings: dict, policy: Path, reward: Path, prompts: Path, out: Path, extra: list[str]
+) -> list[str]:
+    args = [str(PROJECT_PYTHON), "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
+    fields = dict(
+        settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
+    )
+    for key, value in fields.items():
+        args += [f"--{key}", str(value)]
+    # Same conditions as the reference: fp32, no gradient checkpointing, no periodic saves or sample tables.
+    args += [
+        "--bf16",
+        "false",
+        "--gradient_checkpointing",
+        "false",
+        "--save_steps",
+        "0",
+        "--report_to",
+        "none",
+    ]
+    args += ["--disable_tqdm", "true", "--save_merged", "false", "--sample_every", "0"]
+    return args + extra
+
+
+def trl_command(
+    python: Path,
+    settings: dict,
+    policy: Path,
+    reward: Path,
+    prompts: Path,
+    out: Path,
+    threads: int,
+    extra: list[str],
+) -> list[str]:
+    args = [str(python), str(DRIVER)]
+    fields = dict(
+        settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
+    )
+    fields["metrics_path"] = out / "metrics.jsonl"
+    for key, value in fields.items():
+        args += [f"--{key}", str(value)]
+    return args + ["--num_threads", str(threads), *extra]
+
+
+def measure(name: str, command: list[str], metrics: Path, env: dict, repeats: int, timeout: float) -> dict:
+    results = []
+    for i in range(repeats):
+        out_dir = metrics.parent
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        print(f"  [{name}] run {i + 1}/{repeats} ...", flush=True)
+        r = check(run_measured(command, env, metrics, timeout=timeout), name)
+        if len(r.steps) < 2:
+            raise SystemExit(
+                f"{name}: fewer than 2 PPO steps seen in {metrics}; cannot time steady state.\n{r.output_tail}"
+            )
+        print(
+            f"    {r.episodes} episodes, wall {r.wall_s:.1f}s, first step done at {r.first_step_s():.1f}s, "
+            f"steady {r.steady_eps():.2f} ep/s, peak RSS {r.peak_rss_mib:.0f} MiB, "
+            f"CPU {r.cpu_s:.0f}s ({r.cpu_s_per_episode():.2f}/episode), load {r.loadavg[0]:.1f}->{r.loadavg[1]:.1f}",
+            flush=True,
+        )
+        results.append(r)
+    eps = [r.steady_eps() for r in results]
+    return dict(
+        name=name,
+        command=command,
+        steady_eps=statistics.median(eps),
+        eps_runs=eps,
+        overall_eps=statistics.median(r.episodes / r.wall_s for r in results),
+        first_step_s=statistics.median(r.first_step_s() for r in results),
+        wall_s=statistics.median(r.wall_s for r in results),
+        peak_rss_mib=max(r.peak_rss_mib for r in results),
+        cpu_s_per_episode=statistics.median(r.cpu_s_per_episode() for r in results),
+        loadavg=[r.loadavg for r in results],
+        episodes=results[0].episodes,
+        step_s=[round(s, 2) for s in results[-1].step_seconds()],
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="PPO episodes/s and peak memory: ours vs trl==1.12.0")
+    p.add_argument("--sizes", nargs="+", default=["tiny", "large"], choices=["tiny", "large"])
+    p.add_argument("--trainers", nargs="+", default=["ours-lora", "ours-full", "trl112"],
+                   choices=["ours-lora", "ours-lora-value-adapter", "ours-full", "trl112", "trl112-lora"])  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for every trainer (OMP/MKL/torch)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per run")
+    p.add_argument(
+        "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
+    )
+    p.add_argument("--json", type=Path, default=BENCH_DIR / "ppo_results.json")
+    a = p.parse_args(argv)
+
+    env = bench_env(a.threads)
+    prompts = REPO / "runs" / "tiny" / "data" / "prompts"
+    trl_python = ensure_trl112_venv() if any(t.startswith("trl") for t in a.trainers) else None
+    baselines = {
+        "ours": baseline_rss_mib(PROJECT_PYTHON, env, "torch, transformers, trl, peft, accelerate, datasets")
+    }
+    if trl_python:
+        baselines["trl112"] = baseline_rss_mib(
+            trl_python, env, "torch, transformers, trl, peft, accelerate, datasets"
+        )
+
+    all_rows = []
+    for size in a.sizes:
+        paths = model_paths(size)
+        settings = SETTINGS[size]
+        params = count_params(paths["params_dir"])
+        print(
+            f"== {size}: {params / 1e6:.2f}M parameters per model; settings {json.dumps(settings)}",
+            flush=True,
+        )
+        for trainer in a.trainers:
+            out = BENCH_DIR / "runs" / size / trainer
+            if trainer.startswith("ours"):
+                # LoRA: the SFT adapter (tiny) or a fresh adapter on the plain model (large); full fine-tuning
+                # starts from the same plain/merged model the reference gets.
+                policy, extra = paths["ours_policy"], ["--use_peft", "true"]
+                if trainer == "ours-full":
+                    policy, extra = paths["trl_policy"], a.ours_full_args.split()
+                elif trainer == "ours-lora-value-adapter":
+                    extra += ["--value_head", "adapter"]
+                cmd = ours_command(settings, policy, paths["reward"], prompts, out, extra)
+                metrics = out / "metrics.jsonl"
+            else:
+                extra = ["--lora_r", "16"] if trainer == "trl112-lora" else []
+                cmd = trl_command(
+                    trl_python, settings, paths["trl_policy"], paths["reward"], prompts, out, a.threads, extra
+                )
+                metrics = out / "metrics.jsonl"
+            try:
+                row = measure(trainer, cmd, metrics, env, a.repeats, a.timeout)
+            except SystemExit as err:  # one broken trainer still leaves the others' rows
+                print(f"  [{trainer}] FAILED: {str(err)[-1500:]}", flush=True)
+                row = dict(name=trainer, command=cmd, error=str(err)[-1500:])
+            row.update(size=size, params_m=params / 1e6, source=paths["source"])
+            all_rows.append(row)
+
+    headers = [
+        "model",
+        "trainer",
+        "episodes",
+        "steady ep/s",
+        "overall ep/s",
+        "1st step done (s)",
+        "wall (s)",
+        "peak RSS (MiB)",
+        "CPU s/episode",
+        "load avg",
+    ]
+    table = markdown_table(
+        headers,
+        [
+            [f"{r['size']} ({r['params_m']:.1f}M)", r["name"]]
+            + ([r["episodes"], r["steady_eps"], r["overall_eps"], r["first_step_s"], r["wall_s"], r["peak_rss_mib"],
+                r["cpu_s_per_episode"], " ".join(f"{a:.1f}-{b:.1f}" for a, b in r["loadavg"])]
+               if "error" not in r else ["FAILED (see the JSON)", None, None, None, None, None, None, None])
+            for r in all_rows
+        ],
+    )  # fmt: skip
+    print()
+    print(f"Command: `{invocation()}`")
+    print(f"Machine: {machine_description()}; {a.threads} threads per trainer")
+    print(f"Import-only baseline peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in baselines.items())}")
+    print()
+    print(table)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(
+        json.dumps(dict(command=invocation(), baselines=baselines, rows=all_rows), indent=1, default=str)
+    )
+    print(f"\n(raw results, with each trainer's exact command: {a.json})")
+
+
+if __name__ == "__main__":
+    main()
