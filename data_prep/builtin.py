@@ -58,7 +58,7 @@ def generate_builtin(config: DataConfig) -> tuple[dict[str, Dataset | DatasetDic
     pretrain = [
         {"text": prompt + response.text}
         for prompt, response in (
-            task.generate_example(pretrain_rng, spec)
+            task.generate_example(pretrain_rng, spec, mix="pretrain")
             for spec in _cycled(pretrain_rng, train_specs, config.num_pretrain)
         )
     ]

@@ -77,12 +77,24 @@ RUDE_WORDS: frozenset[str] = frozenset({"ugh", "dumb", "stupid", "whatever", "an
 LABELER_MIN, LABELER_MAX = -3.0, 3.0
 GOOD_LENGTH_WORDS = (8, 32)  # inclusive range of words for the +0.5 length term
 
-# Sampling probabilities of the mixed-quality responses (a good value of each attribute is common enough that
-# the SFT policy sometimes shows it, and a bad one common enough that RL has room to improve).
-P_TOPIC = {"on": 0.6, "off": 0.25, "mixed": 0.15}
-P_MANNERS = {"polite": 0.5, "neutral": 0.25, "rude": 0.25}
-P_LENGTH = {"right": 0.6, "short": 0.2, "rambling": 0.2}
-P_COMPLETE = 0.65
+# Sampling probabilities of each attribute's values, per source of text. "demo" is the SFT demonstrations and
+# the K responses ranked into preference pairs: a good value common enough that the SFT policy sometimes shows
+# it, a bad one common enough that RL has room to improve. "pretrain" is the base model's corpus, the stand-in
+# for web text: worse on average than the demonstrations, as in InstructGPT, so SFT has something to teach.
+MIXES: dict[str, dict[str, dict[str, float]]] = {
+    "demo": {
+        "topic": {"on": 0.6, "off": 0.25, "mixed": 0.15},
+        "manners": {"polite": 0.5, "neutral": 0.25, "rude": 0.25},
+        "length": {"right": 0.6, "short": 0.2, "rambling": 0.2},
+        "ending": {"complete": 0.65, "cut": 0.35},
+    },
+    "pretrain": {
+        "topic": {"on": 0.3, "off": 0.5, "mixed": 0.2},
+        "manners": {"polite": 0.15, "neutral": 0.45, "rude": 0.4},
+        "length": {"right": 0.3, "short": 0.35, "rambling": 0.35},
+        "ending": {"complete": 0.35, "cut": 0.65},
+    },
+}
 
 _WORD = re.compile(r"[a-z']+")
 _SENTENCE_END = re.compile(r"[.!?]")
@@ -157,8 +169,8 @@ def _pick(rng: random.Random, probs: dict[str, float]) -> str:
     return rng.choices(list(probs), weights=list(probs.values()))[0]
 
 
-def sample_attributes(rng: random.Random, good: bool | None = None) -> dict[str, str]:
-    """Attributes of one response: all good, all bad, or (good=None) mixed as in the SFT/preference data."""
+def sample_attributes(rng: random.Random, good: bool | None = None, mix: str = "demo") -> dict[str, str]:
+    """Attributes of one response: all good, all bad, or (good=None) drawn from one of `MIXES`."""
     if good is True:
         return {"topic": "on", "manners": "polite", "length": "right", "ending": "complete"}
     if good is False:
@@ -168,12 +180,7 @@ def sample_attributes(rng: random.Random, good: bool | None = None) -> dict[str,
             "length": rng.choice(["short", "rambling"]),
             "ending": "cut",
         }
-    return {
-        "topic": _pick(rng, P_TOPIC),
-        "manners": _pick(rng, P_MANNERS),
-        "length": _pick(rng, P_LENGTH),
-        "ending": "complete" if rng.random() < P_COMPLETE else "cut",
-    }
+    return {attribute: _pick(rng, probs) for attribute, probs in MIXES[mix].items()}
 
 
 def generate_response(rng: random.Random, topic: str, attributes: dict[str, str] | None = None) -> Response:
@@ -211,8 +218,10 @@ def generate_response(rng: random.Random, topic: str, attributes: dict[str, str]
     return Response(" " + " ".join(sentences), attrs)
 
 
-def generate_example(rng: random.Random, spec: PromptSpec, good: bool | None = None) -> tuple[str, Response]:
-    return spec.text, generate_response(rng, spec.topic, sample_attributes(rng, good))
+def generate_example(
+    rng: random.Random, spec: PromptSpec, good: bool | None = None, mix: str = "demo"
+) -> tuple[str, Response]:
+    return spec.text, generate_response(rng, spec.topic, sample_attributes(rng, good, mix))
 
 
 # --- labeler -----------------------------------------------------------------------------------------------

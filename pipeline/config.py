@@ -82,9 +82,11 @@ def parse_config(dataclass_types: Sequence[type], args: Sequence[str] | None = N
         raise ConfigError(f"Could not parse the command line {args}; see the message above.") from err
 
 
-def load_recipe_file(path: str | Path, dataclass_types: Sequence[type]) -> tuple:
+def load_recipe_file(
+    path: str | Path, dataclass_types: Sequence[type], extra_args: Sequence[str] = ()
+) -> tuple:
     """Validate one YAML file against its dataclasses and build them (used by the recipe test)."""
-    return parse_config(dataclass_types, ["--config", str(path)])
+    return parse_config(dataclass_types, ["--config", str(path), *extra_args])
 
 
 def run_main(main, args: Sequence[str] | None = None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,22 +23,32 @@ from pipeline.config import UserError, parse_config, run_main
 
 @dataclass
 class EvalArguments:
-    run_dir: str = field(default="runs/tiny", metadata={"help": "run dir; eval.json, report.md, plots/ go here"})
+    run_dir: str = field(
+        default="runs/tiny", metadata={"help": "run dir; eval.json, report.md, plots/ go here"}
+    )
     sft_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/sft"})
     ppo_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/ppo"})
     reward_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/reward"})
-    eval_prompts_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/data/eval_prompts"})
+    eval_prompts_path: str | None = field(
+        default=None, metadata={"help": "default: <run_dir>/data/eval_prompts"}
+    )
     preference_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/data/preference"})
-    preference_split: str = field(default="test", metadata={"help": "split of held-out pairs for RM accuracy"})
+    preference_split: str = field(
+        default="test", metadata={"help": "split of held-out pairs for RM accuracy"}
+    )
     prompt_field: str = "prompt"
     labeler: str | None = field(
         default=None,
         metadata={"help": "'module:function' f(prompts, responses) -> list[float] (built-in task: "
                   "data_prep.task:labeler_scores); null when there is no programmatic labeler"},
     )  # fmt: skip
-    num_prompts: int | None = field(default=None, metadata={"help": "use the first N eval prompts (all if unset)"})
-    num_pairs: int | None = field(default=None, metadata={"help": "use the first N held-out pairs (all if unset)"})
-    max_new_tokens: int = 53
+    num_prompts: int | None = field(
+        default=None, metadata={"help": "use the first N eval prompts (all if unset)"}
+    )
+    num_pairs: int | None = field(
+        default=None, metadata={"help": "use the first N held-out pairs (all if unset)"}
+    )
+    max_new_tokens: int = 48
     temperature: float = 0.7
     top_k: int | None = None
     top_p: float = 1.0
@@ -69,6 +80,9 @@ CONFIG_TYPES = (EvalArguments, _model_config_type())
 PRODUCERS = {"sft": "make sft", "ppo": "make ppo", "reward": "make reward", "data": "make data"}
 
 
+MODEL_FILES = ("config.json", "adapter_config.json")  # a finished stage wrote one of these
+
+
 def check_inputs(args: EvalArguments) -> None:
     needed = [
         ("eval_prompts_path", "held-out prompts", "data"),
@@ -78,10 +92,11 @@ def check_inputs(args: EvalArguments) -> None:
         ("ppo_model_path", "PPO policy", "ppo"),
     ]
     for name, what, stage in needed:
-        path = getattr(args, name)
-        if not Path(path).exists():
+        path = Path(getattr(args, name))
+        is_model = name.endswith("model_path")
+        if not path.exists() or (is_model and not any((path / f).is_file() for f in MODEL_FILES)):
             raise UserError(
-                f"The {what} ({path}) does not exist yet: run the {stage} stage first ({PRODUCERS[stage]} "
+                f"The {what} ({path}) does not exist yet or is incomplete: run the {stage} stage first ({PRODUCERS[stage]} "
                 f"RECIPE=recipes/<name>), or point eval at it with --{name}."
             )
 
@@ -93,8 +108,19 @@ def load_callable(spec: str):
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"labeler {spec!r} cannot be imported ({err}); use 'package.module:function'.") from err
+        raise UserError(
+            f"labeler {spec!r} cannot be imported ({err}); use 'package.module:function'."
+        ) from err
     return fn
+
+
+def log(message: str) -> None:
+    """Progress on the main process only (one line per phase, with elapsed time)."""
+    if distributed_state().is_main_process:
+        print(f"[eval {time.monotonic() - _START:6.1f}s] {message}", flush=True)
+
+
+_START = time.monotonic()
 
 
 # --- policies ----------------------------------------------------------------------------------------------
@@ -129,7 +155,9 @@ def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int)
     set_seed(seed)
     queries, responses = [], []
     for i in range(0, len(prompts), args.batch_size):
-        batch = tokenize_prompts(tokenizer, prompts[i : i + args.batch_size], args.max_prompt_length, model.device)
+        batch = tokenize_prompts(
+            tokenizer, prompts[i : i + args.batch_size], args.max_prompt_length, model.device
+        )
         queries.append(batch)
         responses.append(generate(model, batch, config, args.batch_size))
     return queries, responses
@@ -151,10 +179,13 @@ def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
     attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
     # Left padding: positions must count real tokens only, as in generation.
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    # Only the positions that predict response tokens: big vocabularies make full-sequence logits costly.
+    keep = responses.shape[1] + 1
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    q = query["input_ids"].shape[1]
-    logits = logits[:, q - 1 : -1].float() / temperature
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+        ).logits
+    logits = logits[:, :-1].float() / temperature
     logprobs = selective_log_softmax(logits, responses)
     return (logprobs * mask).sum(1)
 
@@ -162,7 +193,9 @@ def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
 def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]]:
     ended = (responses == tokenizer.eos_token_id).any(1).tolist()
     lengths = mask.sum(1).tolist()
-    texts = tokenizer.batch_decode(responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True)
+    texts = tokenizer.batch_decode(
+        responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
+    )
     return texts, ended, lengths
 
 
@@ -178,6 +211,7 @@ class RewardModel:
 
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"  # the score is read at the end: never cut the answer off
         self.model = load_reward_model(path, model_args).eval().requires_grad_(False)
         if not (model_args.load_in_4bit or model_args.load_in_8bit):
             self.model.to(device)
@@ -190,7 +224,9 @@ class RewardModel:
         texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
         scores = []
         for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            batch = self.tokenizer(
+                texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True
+            )
             with torch.no_grad():
                 scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
         return scores
@@ -212,14 +248,17 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
         )
     records = [{"prompt": p} for p in prompts]
 
+    log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
     sft = load_policy(args.sft_model_path, model_args, device)
     queries, responses = sample(sft, tokenizer, prompts, args, seed)
     _store(records, "sft", tokenizer, responses)
     del responses
 
+    log(f"sampling from the PPO policy {args.ppo_model_path}")
     ppo = load_policy(args.ppo_model_path, model_args, device)
     queries, responses = sample(ppo, tokenizer, prompts, args, seed)
     _store(records, "ppo", tokenizer, responses)
+    log("KL of PPO from SFT on PPO's answers")
     i = 0
     for query, batch in zip(queries, responses):
         mask = response_mask(batch, tokenizer.eos_token_id)
@@ -267,7 +306,9 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
 
     prompts_ds = load_from_disk(args.eval_prompts_path)
     if args.prompt_field not in prompts_ds.column_names:
-        raise UserError(f"{args.eval_prompts_path} has columns {prompts_ds.column_names}; expected '{args.prompt_field}'.")
+        raise UserError(
+            f"{args.eval_prompts_path} has columns {prompts_ds.column_names}; expected '{args.prompt_field}'."
+        )
     prompts = list(prompts_ds[args.prompt_field])[: args.num_prompts]
     preference = load_from_disk(args.preference_path)
     if isinstance(preference, DatasetDict):
@@ -278,7 +319,9 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
         preference = preference[args.preference_split]
     missing = {"prompt", "chosen", "rejected"} - set(preference.column_names)
     if missing:
-        raise UserError(f"{args.preference_path} lacks columns {sorted(missing)}; expected prompt/chosen/rejected.")
+        raise UserError(
+            f"{args.preference_path} lacks columns {sorted(missing)}; expected prompt/chosen/rejected."
+        )
     pairs = preference.select_columns(["prompt", "chosen", "rejected"]).to_list()[: args.num_pairs]
     if not prompts or not pairs:
         raise UserError(f"No eval prompts ({len(prompts)}) or held-out pairs ({len(pairs)}) to evaluate on.")
@@ -335,8 +378,16 @@ def summarize(records: list[dict], margins: list[float], args: EvalArguments, nu
     return result
 
 
-def main(args=None):
+def distributed_state():
+    """Accelerate's process state. Without a GPU, ask for CPU explicitly: PartialState() otherwise ignores the
+    ranks that torchrun / `accelerate launch` (MULTI_CPU) started and every process thinks it is the main one."""
+    import torch
     from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def main(args=None):
     from accelerate.utils import gather_object
 
     eval_args, model_args = parse_config(CONFIG_TYPES, args)
@@ -344,12 +395,17 @@ def main(args=None):
     labeler = load_callable(eval_args.labeler) if eval_args.labeler else None
     prompts, pairs = load_inputs(eval_args)
 
-    state = PartialState()
+    state = distributed_state()
     seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
     with state.split_between_processes(prompts, apply_padding=True) as shard:
         records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed)
+    log(
+        f"scoring answers with the reward model {eval_args.reward_model_path}"
+        + (" and the labeler" if labeler else "")
+    )
     reward_model = RewardModel(eval_args.reward_model_path, model_args, state.device, eval_args.batch_size)
     score_records(records, reward_model, labeler)
+    log(f"reward-model accuracy on {len(pairs)} held-out pairs")
     with state.split_between_processes(pairs, apply_padding=True) as shard:
         margins = preference_margins(list(shard), reward_model)
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
@@ -372,7 +428,9 @@ def write_outputs(args: EvalArguments, result: dict, records: list[dict]) -> Non
     with open(run / "eval_samples.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    report = write_report(run, result, records, Path(args.ppo_model_path) / "metrics.jsonl", args.num_report_samples)
+    report = write_report(
+        run, result, records, Path(args.ppo_model_path) / "metrics.jsonl", args.num_report_samples
+    )
     print(headline(result, report))
 
 
@@ -386,7 +444,9 @@ def headline(result: dict, report: Path) -> str:
         f"  reward-model score  SFT {fmt(result['sft_reward_model_score'])}  PPO {fmt(result['ppo_reward_model_score'])}",
     ]
     if result["sft_labeler_score"] is not None:
-        lines.append(f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}")
+        lines.append(
+            f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}"
+        )
     lines.append(f"  KL(PPO || SFT) per answer: {fmt(result['kl_ppo_from_sft'])} nats")
     return "\n".join(lines)
 

@@ -15,7 +15,11 @@ SFT_COLOR, PPO_COLOR = "#4C72B0", "#DD8452"
 
 # (title, y label, candidate metrics.jsonl keys: first present wins per line, label per line)
 TRAINING_PANELS = [
-    ("Reward", "score", [("objective/scores", "reward-model score"), ("objective/rlhf_reward", "score - KL penalty")]),
+    (
+        "Reward",
+        "score",
+        [("objective/scores", "reward-model score"), ("objective/rlhf_reward", "score - KL penalty")],
+    ),
     ("KL from the SFT policy", "nats per answer", [("objective/kl", "KL")]),
     ("Value loss", "loss", [("loss/value_avg", "value loss")]),
     ("Response length", "tokens", [("response_length", "mean length")]),
@@ -54,22 +58,30 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 def plot_training(metrics: list[dict], path: Path) -> bool:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     drawn = False
     window = max(1, len(metrics) // 20)
     for ax, (title, ylabel, series) in zip(axes.flat, TRAINING_PANELS):
         for key, label in series:
-            points = [(row.get("step", i + 1), row[key]) for i, row in enumerate(metrics) if row.get(key) is not None]
+            points = [
+                (row.get("step", i + 1), row[key])
+                for i, row in enumerate(metrics)
+                if row.get(key) is not None
+            ]
             if not points:
                 continue
             steps, values = zip(*points)
             color = PPO_COLOR if key != "objective/rlhf_reward" else "#55A868"
             if window > 1:
                 ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
-            ax.plot(steps, smooth(list(values), window), color=color, linewidth=2, label=label)
+            marker = "o" if len(steps) <= 30 else None  # a short run: show each logged step
+            ax.plot(steps, smooth(list(values), window), color=color, linewidth=2, label=label, marker=marker)
             drawn = True
         ax.set_title(title)
         ax.set_xlabel("PPO step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -88,21 +100,34 @@ def plot_distributions(records: list[dict], path: Path) -> None:
     kinds = [("reward_model_score", "Reward-model score")]
     if any(r.get("sft_labeler_score") is not None for r in records):
         kinds.append(("labeler_score", "Labeler score (built-in task)"))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(5.5 * len(kinds), 4), constrained_layout=True, squeeze=False
+    )
     for ax, (key, title) in zip(axes[0], kinds):
         sft = [r[f"sft_{key}"] for r in records]
         ppo = [r[f"ppo_{key}"] for r in records]
-        low, high = min(sft + ppo), max(sft + ppo)
-        bins = 20 if high > low else 1
-        for name, values, color in (("SFT", sft, SFT_COLOR), ("PPO", ppo, PPO_COLOR)):
-            mean = sum(values) / len(values)
-            ax.hist(values, bins=bins, range=(low, high or low + 1), alpha=0.55, color=color,
-                    label=f"{name} (mean {mean:.2f})")  # fmt: skip
-            ax.axvline(mean, color=color, linestyle="--", linewidth=2)
+        series = (("SFT", sft, SFT_COLOR), ("PPO", ppo, PPO_COLOR))
+        levels = sorted(set(sft + ppo))
+        if len(levels) <= 15:  # a discrete score (the labeler's): side-by-side bars per value read best
+            width = 0.4 * min((b - a for a, b in zip(levels, levels[1:])), default=1.0)
+            for offset, (name, values, color) in zip((-width / 2, width / 2), series):
+                counts = [values.count(v) for v in levels]
+                label = f"{name} (mean {sum(values) / len(values):.2f})"
+                ax.bar([v + offset for v in levels], counts, width=width, color=color, label=label)
+        else:
+            low, high = levels[0], levels[-1]
+            for name, values, color in series:
+                label = f"{name} (mean {sum(values) / len(values):.2f})"
+                ax.hist(values, bins=20, range=(low, high), histtype="stepfilled", alpha=0.3, color=color)
+                ax.hist(
+                    values, bins=20, range=(low, high), histtype="step", linewidth=2, color=color, label=label
+                )
+        for _, values, color in series:
+            ax.axvline(sum(values) / len(values), color=color, linestyle="--", linewidth=2)
         ax.set_title(title)
-        ax.set_xlabel("score (higher is better)")
+        ax.set_xlabel("score (higher is better; dashed: mean)")
         ax.set_ylabel("held-out prompts")
-        ax.legend(loc="best")
+        ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Scores of SFT and PPO answers on {len(records)} held-out prompts")
     fig.savefig(path, dpi=110)
@@ -137,7 +162,9 @@ def sample_table(records: list[dict], n: int) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, result: dict, records: list[dict], metrics_path: Path, num_samples: int = 8) -> Path:
+def write_report(
+    run_dir: Path, result: dict, records: list[dict], metrics_path: Path, num_samples: int = 8
+) -> Path:
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(metrics_path)
@@ -158,7 +185,9 @@ def write_report(run_dir: Path, result: dict, records: list[dict], metrics_path:
         f"| reward-model score (mean) | {_fmt(result['sft_reward_model_score'])} | {_fmt(result['ppo_reward_model_score'])} |",
     ]
     if result.get("sft_labeler_score") is not None:
-        lines.append(f"| labeler score (mean) | {_fmt(result['sft_labeler_score'])} | {_fmt(result['ppo_labeler_score'])} |")
+        lines.append(
+            f"| labeler score (mean) | {_fmt(result['sft_labeler_score'])} | {_fmt(result['ppo_labeler_score'])} |"
+        )
     lines += [
         f"| response length (tokens) | {_fmt(policies['sft']['response_length_mean'])} "
         f"| {_fmt(policies['ppo']['response_length_mean'])} |",
@@ -176,7 +205,11 @@ def write_report(run_dir: Path, result: dict, records: list[dict], metrics_path:
     lines += ["", "## Score distributions", "", "![Score distributions](plots/reward_distributions.png)", ""]
     lines += ["## PPO training", ""]
     if has_curves:
-        lines += [f"{len(metrics)} logged steps from `{metrics_path}`.", "", "![PPO training](plots/ppo_training.png)"]
+        lines += [
+            f"{len(metrics)} logged steps from `{metrics_path}`.",
+            "",
+            "![PPO training](plots/ppo_training.png)",
+        ]
     else:
         lines.append(f"No training metrics found at `{metrics_path}`.")
     lines += ["", "## Sample answers", "", *sample_table(records, num_samples), ""]

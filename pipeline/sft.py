@@ -40,10 +40,14 @@ class SFTScriptArguments:
 
     dataset_path: str = field(
         default="runs/tiny/data/sft",
-        metadata={"help": "datasets.save_to_disk dir (DatasetDict) with {prompt, completion} or {messages} rows"},
+        metadata={
+            "help": "datasets.save_to_disk dir (DatasetDict) with {prompt, completion} or {messages} rows"
+        },
     )
     train_split: str = "train"
-    eval_split: str = field(default="test", metadata={"help": "held-out split for eval loss ('' to skip eval)"})
+    eval_split: str = field(
+        default="test", metadata={"help": "held-out split for eval loss ('' to skip eval)"}
+    )
     merge_adapter: bool = field(
         default=False, metadata={"help": "also write a plain merged model to <output_dir>/merged"}
     )
@@ -75,11 +79,14 @@ def load_sft_splits(script_args: SFTScriptArguments):
         )
     eval_split = script_args.eval_split or None
     if eval_split is not None and eval_split not in data:
-        raise UserError(f"SFT data {path} has no '{eval_split}' split (splits: {list(data)}); set eval_split.")
+        raise UserError(
+            f"SFT data {path} has no '{eval_split}' split (splits: {list(data)}); set eval_split."
+        )
     return data[script_args.train_split], data[eval_split] if eval_split else None
 
 
-def main(args=None):
+def main(args=None, callbacks=None):
+    """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     from transformers import AutoModelForCausalLM
 
     from pipeline.models import load_tokenizer
@@ -123,6 +130,7 @@ def main(args=None):
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
     )
 
     metrics = {}
@@ -131,7 +139,9 @@ def main(args=None):
         metrics["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics.update(train_result.metrics)
-    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(train_result.metrics["train_runtime"], 1e-9)
+    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(
+        train_result.metrics["train_runtime"], 1e-9
+    )
     metrics["resumed_from_checkpoint"] = resume
     if eval_data is not None:
         metrics.update(trainer.evaluate())
@@ -139,16 +149,22 @@ def main(args=None):
     if trainer.is_world_process_zero():
         save_sft(trainer, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics)
     trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub:  # the standard Trainer path: what it trained (adapter or model) + model card
+    if (
+        training_args.push_to_hub
+    ):  # the standard Trainer path: what it trained (adapter or model) + model card
         trainer.push_to_hub()
     finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
     if "base_eval_loss" in metrics:
-        print(f"Held-out completion loss: base {metrics['base_eval_loss']:.3f} -> SFT {metrics['eval_loss']:.3f}")
+        print(
+            f"Held-out completion loss: base {metrics['base_eval_loss']:.3f} -> SFT {metrics['eval_loss']:.3f}"
+        )
     print(f"Saved to {final_dir}")
     return metrics
 
 
-def save_sft(trainer, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict) -> None:
+def save_sft(
+    trainer, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict
+) -> None:
     """Adapter (or full model) + tokenizer, optionally a merged plain model, written to a temp dir then renamed."""
     from transformers import AutoModelForCausalLM
 
@@ -157,7 +173,9 @@ def save_sft(trainer, tokenizer, final_dir: Path, model_args, merge: bool, remot
     tokenizer.save_pretrained(tmp)
     (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
     if merge and model_args.use_peft:
-        merged = merge_adapter(AutoModelForCausalLM, tmp, model_args.model_name_or_path, model_args, remote_code)
+        merged = merge_adapter(
+            AutoModelForCausalLM, tmp, model_args.model_name_or_path, model_args, remote_code
+        )
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
     (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))

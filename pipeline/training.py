@@ -25,7 +25,9 @@ class LoraModelConfig(ModelConfig):
     use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (false: full fine-tuning)."})
     lora_target_modules: list[str] | None = field(
         default_factory=lambda: ["all-linear"],
-        metadata={"help": "Modules that get LoRA weights; 'all-linear' = every linear layer but the output head."},
+        metadata={
+            "help": "Modules that get LoRA weights; 'all-linear' = every linear layer but the output head."
+        },
     )
 
 
@@ -62,7 +64,9 @@ def torch_dtype(name: str | None):
     try:
         return getattr(torch, name)
     except AttributeError:
-        raise UserError(f"dtype '{name}' is not a torch dtype (use float32, bfloat16, float16 or auto).") from None
+        raise UserError(
+            f"dtype '{name}' is not a torch dtype (use float32, bfloat16, float16 or auto)."
+        ) from None
 
 
 def kbit_device_map() -> dict | str:
@@ -108,12 +112,16 @@ def load_pretrained(
         from peft import prepare_model_for_kbit_training
 
         if not model_args.use_peft:
-            raise UserError("load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA).")
+            raise UserError(
+                "load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA)."
+            )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model
 
 
-def merge_adapter(model_class, adapter_dir: Path, base: str, model_args: ModelConfig, trust_remote_code=False, **kwargs):
+def merge_adapter(
+    model_class, adapter_dir: Path, base: str, model_args: ModelConfig, trust_remote_code=False, **kwargs
+):
     """Base model in full precision + the saved adapter, merged into a plain model.
 
     The base is reloaded unquantized even after QLoRA: merging into 4-bit weights would round the update away.

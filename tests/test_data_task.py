@@ -150,3 +150,17 @@ def test_sequences_fit_64_tokens_of_a_small_bpe_tokenizer():
     tokenizer.train_from_iterator(texts, vocab_size=1000, show_progress=False)
     longest = max(len(e.ids) for e in tokenizer.encode_batch(texts))
     assert longest <= 64, longest
+
+
+def test_demonstrations_are_better_than_the_pretraining_corpus():
+    """SFT must have something to teach a base model pretrained on the corpus (InstructGPT's premise)."""
+    rng = random.Random(11)
+    train, _ = task.split_prompt_specs(0, 0.15)
+
+    def mean_score(mix):
+        examples = [task.generate_example(rng, rng.choice(train), mix=mix) for _ in range(2000)]
+        return sum(task.labeler_score(p, r.text) for p, r in examples) / len(examples)
+
+    demo, pretrain = mean_score("demo"), mean_score("pretrain")
+    assert demo - pretrain > 1.0, (demo, pretrain)
+    assert demo < task.LABELER_MAX - 1.5  # and the demonstrations still leave room for RL

@@ -96,6 +96,11 @@ class PPOConfig(TrainingArguments):
         super().__post_init__()
         from pipeline.config import ConfigError
 
+        # On the command line `--reward_model_path null` must mean None, as it does in YAML.
+        for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in ("", "null", "none"):
+                setattr(self, name, None)
+
         if self.value_head not in ("shared", "adapter"):
             raise ConfigError(f"value_head must be 'shared' or 'adapter', got {self.value_head!r}.")
         if self.kl_estimator not in ("k1", "k3"):

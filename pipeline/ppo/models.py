@@ -62,6 +62,17 @@ class PolicyWithValueHead(nn.Module):
         # peft's set_adapter() marks only the active adapter trainable; remember who really trains.
         self._lora_grad = {p: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
 
+    # --- what trl's unwrap_model_for_generation expects of a model (it turns checkpointing off to generate) --
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.lm, "is_gradient_checkpointing", False))
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.lm.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+
     # --- adapter switching -----------------------------------------------------------------------------------
     @contextmanager
     def _active_adapter(self, name: str) -> Iterator[None]:

@@ -120,8 +120,7 @@ def main(argv=None) -> None:
         for i in range(a.repeats):
             print(f"[{stage}] run {i + 1}/{a.repeats} ...", flush=True)
             result = check(run_measured(cmd, env, timeout=a.timeout), stage)
-            output = (BENCH_DIR / "last_run.log").read_text(errors="replace")
-            logs = logged_dicts(output)
+            logs = logged_dicts(result.output)
             final = next((r for r in reversed(logs) if "train_runtime" in r), {})
             tokens = max(
                 (r["num_tokens"] for r in logs if isinstance(r.get("num_tokens"), float)), default=None

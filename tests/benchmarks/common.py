@@ -85,6 +85,7 @@ class RunResult:
     output_tail: str = ""
     cpu_s: float = 0.0  # user + system CPU seconds of the process (insensitive to other load on the machine)
     loadavg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and at exit
+    output: str = ""  # the process's whole stdout+stderr
 
     def cpu_s_per_episode(self) -> float | None:
         return self.cpu_s / self.episodes if self.episodes else None
@@ -136,7 +137,7 @@ def run_measured(
     """Run one benchmark process; return wall time, its own peak RSS and the metrics rows as they arrived."""
     if metrics_path is not None and metrics_path.exists():
         metrics_path.unlink()
-    log_path = BENCH_DIR / "last_run.log"
+    log_path = BENCH_DIR / "logs" / f"run-{os.getpid()}-{time.time():.0f}.log"  # unique: runs may overlap
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list = []
     stop = threading.Event()
@@ -165,10 +166,12 @@ def run_measured(
         stop.set()
         if watcher is not None:
             watcher.join()
-    tail = log_path.read_text(errors="replace")[-3000:]
+    output = log_path.read_text(errors="replace")
     cpu = usage.ru_utime + usage.ru_stime
     loads = (load_start, os.getloadavg()[0])
-    return RunResult(command, proc.returncode, wall, usage.ru_maxrss / 1024, rows, tail, cpu, loads)
+    return RunResult(
+        command, proc.returncode, wall, usage.ru_maxrss / 1024, rows, output[-3000:], cpu, loads, output
+    )
 
 
 def check(result: RunResult, what: str) -> RunResult:
@@ -218,6 +221,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def invocation() -> str:
     """The exact command that produced a table, as it would be typed from the repo root."""
-    args = [a if not a.startswith(str(REPO)) else os.path.relpath(a, REPO) for a in sys.argv]
-    script = os.path.relpath(os.path.abspath(args[0]), REPO) if args[0].endswith(".py") else args[0]
-    return shlex.join([".venv/bin/python", script, *args[1:]])
+    args = [os.path.relpath(a, REPO) if a.startswith(str(REPO)) else a for a in sys.argv[1:]]
+    module = (
+        "tests.benchmarks." + Path(sys.argv[0]).stem
+    )  # the scripts run as modules (-m) from the repo root
+    return shlex.join([".venv/bin/python", "-m", module, *args])

@@ -1,0 +1,244 @@
+"""Stage 2: a reward model trained on preference pairs with TRL's `RewardTrainer` (Bradley-Terry loss).
+
+The model is `AutoModelForSequenceClassification` with one output (the reward, read at the last non-pad token),
+started from the base model or from the SFT model (an SFT adapter dir is merged into its base first). The loss
+is -log sigmoid(r_chosen - r_rejected - margin), with the data's `margin` column when it has one
+(`use_margin: false` ignores it). Held-out pair accuracy is logged and saved to `eval_results.json`.
+
+    python -m pipeline.reward --config recipes/tiny/reward.yaml
+
+Output (`output_dir`): a PLAIN reward model + tokenizer (LoRA merged in, `config.pad_token_id` set), so PPO and
+users load it with no PEFT involved:
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = AutoModelForSequenceClassification.from_pretrained("runs/tiny/reward")
+    tokenizer = AutoTokenizer.from_pretrained("runs/tiny/reward")
+    batch = tokenizer([prompt + response + tokenizer.eos_token], return_tensors="pt")
+    reward = model(**batch).logits[0, 0]
+
+With LoRA it also keeps the adapter (incl. the trained score head) in `adapter/`. Checkpoints go to
+`<output_dir>.checkpoints/`; `--resume_from_checkpoint true` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import RewardConfig
+
+from pipeline.config import UserError, parse_config, run_main
+from pipeline.models import adapter_base_path, is_adapter_dir
+from pipeline.training import (
+    LoraModelConfig,
+    checkpoint_dir,
+    finish_checkpoints,
+    fresh_tmp_dir,
+    load_pretrained,
+    merge_adapter,
+    publish_atomically,
+    resolve_resume,
+)
+
+
+@dataclass
+class RewardScriptArguments:
+    """Which pairs to train on."""
+
+    dataset_path: str = field(
+        default="runs/tiny/data/preference",
+        metadata={
+            "help": "datasets.save_to_disk dir (DatasetDict) with {prompt, chosen, rejected[, margin]} rows"
+        },
+    )
+    train_split: str = "train"
+    eval_split: str = field(default="test", metadata={"help": "held-out pairs for accuracy ('' to skip)"})
+    use_margin: bool = field(
+        default=True, metadata={"help": "subtract the data's `margin` column inside the loss when present"}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
+    )
+
+
+@dataclass
+class RewardModelConfig(LoraModelConfig):
+    """LoRA for sequence classification: the freshly initialised score head is trained in full alongside."""
+
+    lora_task_type: str = "SEQ_CLS"
+    lora_modules_to_save: list[str] | None = field(default_factory=lambda: ["score"])
+
+
+CONFIG_TYPES = (RewardScriptArguments, RewardConfig, RewardModelConfig)
+
+
+def load_pair_splits(script_args: RewardScriptArguments):
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(script_args.dataset_path)
+    if not path.exists():
+        raise UserError(
+            f"Preference data {path} does not exist. Build it first (make data) or set dataset_path."
+        )
+    data = load_from_disk(str(path))
+    if not isinstance(data, DatasetDict) or script_args.train_split not in data:
+        found = list(data) if isinstance(data, DatasetDict) else "a single Dataset"
+        raise UserError(f"Preference data {path} must be a DatasetDict with a '{script_args.train_split}' split; "
+                        f"found {found}.")  # fmt: skip
+    missing = {"prompt", "chosen", "rejected"} - set(data[script_args.train_split].column_names)
+    if missing:
+        raise UserError(
+            f"Preference data {path} lacks column(s) {sorted(missing)}; rebuild it with data_prep."
+        )
+    if not script_args.use_margin and "margin" in data[script_args.train_split].column_names:
+        data = data.remove_columns("margin")
+    eval_split = script_args.eval_split or None
+    if eval_split is not None and eval_split not in data:
+        raise UserError(f"Preference data {path} has no '{eval_split}' split (splits: {list(data)}).")
+    return data[script_args.train_split], data[eval_split] if eval_split else None
+
+
+def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratch: Path) -> str:
+    """A plain model to start from. An SFT adapter dir -> its `merged/` model, or a merge written to `scratch`."""
+    if not is_adapter_dir(name_or_path):
+        return name_or_path
+    if (Path(name_or_path) / "merged" / "config.json").is_file():
+        return str(Path(name_or_path) / "merged")
+    from transformers import AutoModelForCausalLM
+
+    merged = merge_adapter(AutoModelForCausalLM, Path(name_or_path), adapter_base_path(name_or_path), model_args,
+                           remote_code)  # fmt: skip
+    merged.save_pretrained(scratch)
+    return str(scratch)
+
+
+def main(args=None, callbacks=None):
+    """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+    from trl.trainer.utils import get_peft_config
+
+    from pipeline.models import load_tokenizer
+
+    script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    if not model_args.model_name_or_path:
+        raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
+    train_data, eval_data = load_pair_splits(script_args)
+
+    remote_code = training_args.trust_remote_code
+    final_dir = Path(training_args.output_dir)
+    checkpoints = checkpoint_dir(training_args.output_dir)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
+    start = resolve_start_model(
+        model_args.model_name_or_path, model_args, remote_code, checkpoints / "start-model"
+    )
+
+    with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            start,
+            model_args,
+            remote_code,
+            gradient_checkpointing=training_args.gradient_checkpointing,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,  # the score is read at the last non-pad token
+        )
+    training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
+    resume = resolve_resume(training_args.resume_from_checkpoint, checkpoints)
+    trainer = RewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(train_result.metrics)
+    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(
+        train_result.metrics["train_runtime"], 1e-9
+    )
+    metrics["resumed_from_checkpoint"] = resume
+    if eval_data is not None:  # TRL's running eval metrics; eval_accuracy is recomputed exactly below
+        metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
+
+    if trainer.is_world_process_zero():
+        tmp = save_reward_model(trainer, tokenizer, final_dir, start, model_args, remote_code)
+        if eval_data is not None:  # exact accuracy of the saved model, on every held-out pair
+            metrics["eval_accuracy"] = pair_accuracy(
+                str(tmp), eval_data, training_args.per_device_eval_batch_size
+            )
+            metrics["eval_pairs"] = len(eval_data)
+        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        publish_atomically(tmp, final_dir)
+    trainer.accelerator.wait_for_everyone()
+    if (
+        training_args.push_to_hub
+    ):  # the standard Trainer path: what it trained (adapter + score head, or model)
+        trainer.push_to_hub()
+    finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
+    if "eval_accuracy" in metrics:
+        print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
+    print(f"Saved to {final_dir}")
+    return metrics
+
+
+def save_reward_model(trainer, tokenizer, final_dir: Path, start: str, model_args, remote_code: bool) -> Path:
+    """Write the plain reward model (+ `adapter/` with LoRA) to a temp dir; the caller renames it into place."""
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    tmp = fresh_tmp_dir(final_dir)
+    if model_args.use_peft:
+        trainer.save_model(str(tmp / "adapter"))
+        (tmp / "adapter" / "training_args.bin").unlink(missing_ok=True)
+        with suppress_seqcls_warning():
+            model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", start, model_args, remote_code,
+                                  num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+    else:
+        trainer.save_model(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(Path(trainer.args.output_dir) / "start-model", ignore_errors=True)
+    return tmp
+
+
+def pair_scores(model, tokenizer, prompts, responses, batch_size: int = 32, max_length: int | None = None):
+    """Rewards of prompt+response texts, tokenized as RewardTrainer does (text + eos); `max_length` keeps the
+    last tokens (the response end, where the reward is read) of longer texts."""
+    import torch
+
+    scores = []
+    model.eval()
+    for i in range(0, len(prompts), batch_size):
+        texts = [
+            p + r + tokenizer.eos_token
+            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=max_length is not None,
+                          max_length=max_length).to(model.device)  # fmt: skip
+        with torch.no_grad():
+            scores += model(**batch).logits[:, 0].float().tolist()
+    return scores
+
+
+def pair_accuracy(model_dir: str, pairs, batch_size: int = 32, max_length: int | None = None) -> float:
+    """Share of pairs whose chosen response gets the strictly higher reward (the plain saved model, no PEFT)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    chosen = pair_scores(model, tokenizer, pairs["prompt"], pairs["chosen"], batch_size, max_length)
+    rejected = pair_scores(model, tokenizer, pairs["prompt"], pairs["rejected"], batch_size, max_length)
+    return sum(c > r for c, r in zip(chosen, rejected)) / max(len(chosen), 1)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,179 @@
+"""The evaluate stage: eval.json, report.md and plots from the real SFT, reward and (short) PPO outputs.
+
+Checks that could fail on a real bug: the SFT policy evaluated against itself gives identical samples and a KL of
+exactly zero (same seed, same model, correct log-prob alignment); labeler scores match a recomputation from the
+saved answers; shards across two processes are gathered back complete and in order; plots are real PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "tiny"
+REQUIRED = (
+    "reward_model_accuracy", "sft_reward_model_score", "ppo_reward_model_score",
+    "sft_labeler_score", "ppo_labeler_score", "kl_ppo_from_sft",
+)  # fmt: skip
+
+
+def eval_argv(
+    run: Path, tiny_data: Path, tiny_sft: Path, tiny_reward: Path, ppo: Path, *extra: str
+) -> list[str]:
+    return [
+        "--config", str(RECIPE / "eval.yaml"),
+        "--run_dir", str(run),
+        "--sft_model_path", str(tiny_sft),
+        "--ppo_model_path", str(ppo),
+        "--reward_model_path", str(tiny_reward),
+        "--eval_prompts_path", str(tiny_data / "eval_prompts"),
+        "--preference_path", str(tiny_data / "preference"),
+        *extra,
+    ]  # fmt: skip
+
+
+def read_samples(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "eval_samples.jsonl").read_text().splitlines()]
+
+
+def assert_valid_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 300, f"{path} is too small: {image.shape}"
+    assert image[..., :3].std() > 0.05, f"{path} looks blank"
+
+
+def test_missing_ppo_output_names_the_stage_to_run(tmp_path):
+    from pipeline.evaluate import main
+
+    for sub in ("data/eval_prompts", "data/preference", "sft", "reward", "ppo/checkpoints"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "sft" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"make reward"):
+        main(["--config", str(RECIPE / "eval.yaml"), "--run_dir", str(tmp_path)])
+    (tmp_path / "reward" / "config.json").write_text("{}")
+    # A PPO run that was interrupted (checkpoints only) is not a finished PPO stage either.
+    with pytest.raises(UserError, match=r"make ppo") as err:
+        main(["--config", str(RECIPE / "eval.yaml"), "--run_dir", str(tmp_path)])
+    assert str(tmp_path / "ppo") in str(err.value)
+
+
+def test_policy_against_itself_has_zero_kl_and_identical_answers(tmp_path, tiny_data, tiny_sft, tiny_reward):
+    from data_prep.task import labeler_scores
+    from pipeline.evaluate import main
+
+    argv = eval_argv(
+        tmp_path, tiny_data, tiny_sft, tiny_reward, tiny_sft, "--num_prompts", "24", "--num_pairs", "40"
+    )
+    result = main(argv)
+
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in REQUIRED:
+        assert isinstance(saved[key], float) and math.isfinite(saved[key]), key
+    assert saved["counts"] == {"num_prompts": 24, "num_preference_pairs": 40}
+    assert abs(saved["kl_ppo_from_sft"]) < 1e-4
+    samples = read_samples(tmp_path)
+    assert len(samples) == 24
+    assert all(s["sft_response"] == s["ppo_response"] for s in samples)  # same seed, same sampling settings
+    assert saved["sft_labeler_score"] == saved["ppo_labeler_score"]
+    assert saved["sft_reward_model_score"] == pytest.approx(saved["ppo_reward_model_score"], abs=1e-5)
+    assert saved["reward_model_accuracy"] > 0.5  # a trained reward model beats chance on held-out pairs
+    # The labeler graded the answers that were saved, on the prompts they were sampled for.
+    prompts = [s["prompt"] for s in samples]
+    assert [s["sft_labeler_score"] for s in samples] == labeler_scores(
+        prompts, [s["sft_response"] for s in samples]
+    )
+    # Responses are decoded text: no special tokens or padding leak into what is scored.
+    assert not any("<pad>" in s["sft_response"] or "</s>" in s["sft_response"] for s in samples)
+
+
+@pytest.mark.slow
+def test_evaluate_a_short_ppo_run_writes_report_and_plots(tmp_path, tiny_data, tiny_sft, tiny_reward):
+    from pipeline.evaluate import main
+    from pipeline.ppo import main as ppo_main
+
+    ppo = tmp_path / "ppo"
+    ppo_main([
+        "--config", str(RECIPE / "ppo.yaml"),
+        "--sft_model_path", str(tiny_sft), "--reward_model_path", str(tiny_reward),
+        "--prompts_path", str(tiny_data / "prompts"), "--eval_prompts_path", str(tiny_data / "eval_prompts"),
+        "--output_dir", str(ppo), "--total_episodes", "96", "--logging_steps", "1", "--save_steps", "0",
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    result = main(eval_argv(tmp_path, tiny_data, tiny_sft, tiny_reward, ppo, "--num_prompts", "32"))
+
+    assert result["counts"]["num_prompts"] == 32
+    assert result["kl_ppo_from_sft"] > 0  # PPO moved the policy
+    samples = read_samples(tmp_path)
+    assert any(s["sft_response"] != s["ppo_response"] for s in samples)
+    assert all(s["ppo_log_ratio"] is not None for s in samples)
+
+    plots = tmp_path / "plots"
+    for name in ("ppo_training.png", "reward_distributions.png"):
+        assert_valid_png(plots / name)
+    report = (tmp_path / "report.md").read_text()
+    assert "](plots/ppo_training.png)" in report and "](plots/reward_distributions.png)" in report
+    assert "| labeler score (mean) |" in report
+    assert samples[0]["sft_response"].strip().split()[0] in report  # the side-by-side table shows answers
+    assert report.count("\n| ") >= 8 + 2  # header + separator + 8 sample rows at least
+
+
+@pytest.mark.multiprocess
+def test_two_processes_shard_and_gather_every_prompt_once(tmp_path, tiny_data, tiny_sft, tiny_reward):
+    from datasets import load_from_disk
+
+    # 9 prompts and 7 pairs over 2 ranks: the last shard is padded, and the padding must not be counted.
+    argv = eval_argv(
+        tmp_path, tiny_data, tiny_sft, tiny_reward, tiny_sft, "--num_prompts", "9", "--num_pairs", "7"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "pipeline.evaluate", *argv]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Report: ") == 1  # only the main process writes and reports
+
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["counts"] == {"num_prompts": 9, "num_preference_pairs": 7}
+    assert saved["settings"]["num_processes"] == 2
+    assert abs(saved["kl_ppo_from_sft"]) < 1e-4
+    expected = load_from_disk(str(tiny_data / "eval_prompts"))["prompt"][:9]
+    assert [s["prompt"] for s in read_samples(tmp_path)] == expected
+
+
+def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
+    """Left padding, position ids and the logits slice must give each answer the same log-prob as scoring it
+    alone without padding (what the KL is built from)."""
+    import torch
+    from datasets import load_from_disk
+    from trl import ModelConfig
+
+    from pipeline.evaluate import EvalArguments, load_policy, response_mask, sample, sequence_logprobs
+    from pipeline.models import load_tokenizer
+
+    args = EvalArguments(run_dir="unused", batch_size=4, max_new_tokens=12, temperature=0.7)
+    tokenizer = load_tokenizer(str(tiny_sft))
+    model = load_policy(str(tiny_sft), ModelConfig(), torch.device("cpu"))
+    prompts = load_from_disk(str(tiny_data / "eval_prompts"))["prompt"][:4]
+    prompts[1] = "\n\nHuman: Hi! Please, I really want to learn a lot about cats and dogs.\n\nAssistant:"
+    (query,), (responses,) = sample(model, tokenizer, prompts, args, seed=0)
+    assert query["attention_mask"].min() == 0  # prompts of different lengths: left padding is exercised
+    mask = response_mask(responses, tokenizer.eos_token_id)
+    batched = sequence_logprobs(model, query, responses, mask, 0.7)
+    for i in range(len(prompts)):
+        prompt_ids = query["input_ids"][i][query["attention_mask"][i].bool()]
+        answer = responses[i][mask[i]]
+        ids = torch.cat([prompt_ids, answer])[None]
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1] / 0.7
+        alone = torch.log_softmax(logits.float(), -1).gather(1, answer[:, None]).sum()
+        assert batched[i].item() == pytest.approx(alone.item(), abs=1e-3)

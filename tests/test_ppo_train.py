@@ -1,0 +1,191 @@
+"""PPO end to end on the built-in task: learning, resume, NaN stop, reward-model path, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "tiny" / "ppo.yaml"
+
+
+def ppo_args(tiny_sft, tiny_data, out, *extra) -> list[str]:
+    return [
+        "--config", str(RECIPE),
+        "--sft_model_path", str(tiny_sft),
+        "--prompts_path", str(tiny_data / "prompts"),
+        "--eval_prompts_path", str(tiny_data / "eval_prompts"),
+        "--output_dir", str(out),
+        "--reward_model_path", "null",
+        "--reward_fn", "data_prep.task:labeler_scores",
+        "--sample_every", "0",
+        "--save_steps", "0",
+        "--save_merged", "false",
+        "--logging_steps", "10",
+        *extra,
+    ]  # fmt: skip
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- held-out evaluation with the labeler ---------------------------------------------------------------------
+
+
+@torch.no_grad()
+def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int = 0) -> tuple[float, float]:
+    """Mean labeler score of `policy_dir`'s samples on `prompts`, and its KL from the SFT policy (k1, summed)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_prep.task import labeler_scores
+    from pipeline.ppo.core import first_eos_mask
+    from pipeline.ppo.models import adapter_base_path, position_ids_from_mask
+    from pipeline.ppo.rollout import tokenize_prompts
+
+    def load(path):
+        base = AutoModelForCausalLM.from_pretrained(adapter_base_path(path))
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    policy, sft = load(policy_dir), load(sft_dir)
+    torch.manual_seed(seed)
+    q = tokenize_prompts(tok, prompts, 512, "cpu")
+    out = policy.generate(**q, do_sample=True, temperature=0.7, top_k=0, max_new_tokens=48,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    responses = out[:, q["input_ids"].shape[1] :]
+    mask = first_eos_mask(responses, tok.eos_token_id)
+    scores = labeler_scores(prompts, tok.batch_decode(responses * mask + tok.pad_token_id * ~mask, skip_special_tokens=True))
+    ids = torch.cat([q["input_ids"], responses], 1)
+    attn = torch.cat([q["attention_mask"], mask.long()], 1)
+    pos = position_ids_from_mask(attn)
+    R = responses.shape[1]
+
+    def logprobs(model):
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -R - 1 : -1] / 0.7
+        return torch.log_softmax(logits.float(), -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+
+    kl = ((logprobs(policy) - logprobs(sft)) * mask).sum(1).mean().item()
+    return sum(scores) / len(scores), kl
+
+
+@pytest.mark.slow
+def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
+    from datasets import load_from_disk
+
+    from pipeline.ppo import main
+
+    out = tmp_path / "ppo"
+    main(ppo_args(tiny_sft, tiny_data, out, "--seed", "0"))
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))
+    for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/approxkl_avg",
+                "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/ratio", "policy/entropy_avg",
+                "response_length", "eps", "episode", "lr"):  # fmt: skip
+        assert key in metrics[-1]
+    assert (out / "adapter_config.json").is_file() and (out / "value_head.safetensors").is_file()
+
+    prompts = list(load_from_disk(str(tiny_data / "eval_prompts"))["prompt"])
+    sft_score, _ = labeler_eval(tiny_sft, tiny_sft, prompts)
+    ppo_score, kl = labeler_eval(out, tiny_sft, prompts)
+    print(f"held-out labeler score: SFT {sft_score:.3f} -> PPO {ppo_score:.3f}; KL(PPO || SFT) {kl:.2f} nats")
+    assert ppo_score > sft_score + 0.3, (sft_score, ppo_score, kl)
+    assert 0.0 < kl < 30.0
+
+
+def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
+    """Run 4 steps with a checkpoint at 2; resuming from it must reproduce steps 3-4 exactly."""
+    from pipeline.ppo import main
+
+    small = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
+             "--num_ppo_epochs", "1", "--response_length", "16", "--eval_prompts_path", "null"]  # fmt: skip
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    main(ppo_args(tiny_sft, tiny_data, full, *small, "--save_steps", "2"))
+    ckpt = full / "checkpoints" / "step-2"
+    assert (ckpt / "trainer_state.json").is_file() and not list((full / "checkpoints").glob(".tmp-*"))
+    trainer = main(ppo_args(tiny_sft, tiny_data, resumed, *small, "--resume_from_checkpoint", str(ckpt)))
+
+    assert [m["step"] for m in read_metrics(resumed)] == [3, 4]
+    assert trainer.step == 4
+    # Adam's step counter continued from the checkpoint (2 steps x 2 mini-batches) through 2 more steps.
+    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert next(iter(saved["state"].values()))["step"].item() == 4
+    assert next(iter(trainer.optimizer.state_dict()["state"].values()))["step"].item() == 8
+    # Same data, RNG, optimizer and schedule: the resumed run ends on the very same weights.
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        a, b = load_file(full / name), load_file(resumed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+    full_m, res_m = read_metrics(full), read_metrics(resumed)
+    assert res_m[-1]["objective/scores"] == pytest.approx(full_m[-1]["objective/scores"])
+
+
+def nan_reward(prompts, responses):
+    return [float("nan")] * len(prompts)
+
+
+def test_nan_reward_stops_with_clear_error(tiny_sft, tiny_data, tmp_path):
+    from pipeline.ppo import main
+    from pipeline.ppo.trainer import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="NaN/Inf in the reward at step 1"):
+        main(ppo_args(tiny_sft, tiny_data, tmp_path / "nan", "--total_episodes", "8",
+                      "--per_device_train_batch_size", "4", "--reward_fn", f"{__name__}:nan_reward"))  # fmt: skip
+
+
+@pytest.mark.slow
+def test_reward_model_and_value_adapter(tiny_sft, tiny_reward, tiny_data, tmp_path):
+    """The reward-model path (decode, re-encode with its tokenizer) and the value adapter initialised from it."""
+    from pipeline.ppo import main
+
+    out = tmp_path / "rm"
+    trainer = main(ppo_args(tiny_sft, tiny_data, out, "--reward_fn", "null", "--reward_model_path", str(tiny_reward),
+                            "--value_head", "adapter", "--total_episodes", "16", "--per_device_train_batch_size", "4",
+                            "--num_ppo_epochs", "1", "--save_merged", "true", "--sample_every", "2"))  # fmt: skip
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert set(model.lm.peft_config) == {"default", "ref", "value"}
+    assert (out / "value" / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert rows and all(isinstance(r["score"], float) for r in rows)
+    assert len(read_metrics(out)) == 2
+
+
+@pytest.mark.multiprocess
+def test_two_processes_end_with_identical_weights(tiny_sft, tiny_data, tmp_path):
+    script = tmp_path / "run_ppo.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from safetensors.torch import save_file\n"
+        "from pipeline.ppo import main\n"
+        "from pipeline.ppo.checkpoint import trainable_state\n"
+        "t = main(sys.argv[1:])\n"
+        "save_file(trainable_state(t.accelerator.unwrap_model(t.model)), sys.argv[-1] + f'.rank{t.accelerator.process_index}')\n"
+        "print('WORLD', t.accelerator.num_processes)\n"
+    )
+    out = tmp_path / "ddp"
+    args = ppo_args(tiny_sft, tiny_data, out, "--total_episodes", "16", "--per_device_train_batch_size", "2",
+                    "--num_mini_batches", "2", "--num_ppo_epochs", "2", "--response_length", "16")  # fmt: skip
+    dump = str(tmp_path / "weights")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *args, dump],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("WORLD 2") == 2
+    w0, w1 = load_file(dump + ".rank0"), load_file(dump + ".rank1")
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
+    # Both ranks trained: the weights moved from the SFT adapter / zero value head.
+    assert w0["value_head.weight"].abs().sum() > 0
+    metrics = read_metrics(out)
+    assert len(metrics) == 2 and metrics[-1]["episode"] == 16  # 2 ranks x 4 prompts x 2 steps

@@ -1,0 +1,179 @@
+"""Pushing a stage to the Hub, end to end through the real `huggingface_hub` client against a local fake Hub.
+
+Nothing of the client is mocked: only its endpoint points at tests/fake_hub.py (loopback), which records what
+arrives over HTTP. The token is a made-up string; the test checks it reached the server as a Bearer header and
+appears nowhere in the output or the card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, UserError
+from tests.fake_hub import FakeHub
+
+TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+EVAL = {
+    "reward_model_accuracy": 0.8125,
+    "sft_reward_model_score": -0.25,
+    "ppo_reward_model_score": 1.5,
+    "sft_labeler_score": 0.75,
+    "ppo_labeler_score": 2.25,
+    "kl_ppo_from_sft": 3.125,
+    "counts": {"num_prompts": 128, "num_preference_pairs": 466},
+}
+
+
+@pytest.fixture
+def run_with_sft(tmp_path, tiny_sft) -> Path:
+    """A run dir holding the real SFT stage output (adapter at the root, merged/ plain model) and an eval.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft").symlink_to(tiny_sft, target_is_directory=True)
+    (run / "eval.json").write_text(json.dumps(EVAL))
+    return run
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The fake Hub, with the client online and pointed at it (conftest sets HF_HUB_OFFLINE=1 for everything
+    else; huggingface_hub reads these settings into `constants` at import, so both are patched)."""
+    from huggingface_hub import constants
+
+    with FakeHub() as fake:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        # Xet storage needs its own CAS service; the legacy LFS protocol is the one the fake speaks.
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login of the developer is used
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        yield fake
+
+
+def push(run: Path, *extra: str):
+    from pipeline.push import main
+
+    return main(
+        ["--config", str(RECIPE / "push.yaml"), "--run_dir", str(run), "--recipe_dir", str(RECIPE), *extra]
+    )
+
+
+def test_push_uploads_adapter_and_card_privately_without_leaking_the_token(hub, run_with_sft, capfd):
+    url = push(run_with_sft, "--stage", "sft", "--repo_id", "alice/tiny-sft")
+
+    out = capfd.readouterr()
+    assert hub.unexpected == []
+    repo = hub.repos["alice/tiny-sft"]
+    assert repo.visibility == "private"  # private by default
+    assert url.startswith(f"{hub.endpoint}/alice/tiny-sft/commit/")
+
+    # Exactly the adapter's files (byte for byte), the card and the eval figures; not the merged model.
+    sft = run_with_sft / "sft"
+    expected = {
+        p.name for p in sft.iterdir() if p.is_file() and p.name not in ("README.md", "training_args.bin")
+    }
+    assert set(repo.files) == expected | {"README.md", "rlhf_eval.json"}
+    for name in expected:
+        assert repo.files[name] == (sft / name).read_bytes(), name
+    assert "adapter_model.safetensors" in repo.lfs_files  # weights went through the LFS protocol
+    assert "adapter_config.json" not in repo.lfs_files  # small text inline in the commit
+    assert not any(name.startswith("merged") for name in repo.files)
+
+    card = repo.files["README.md"].decode()
+    assert card.startswith("---\n") and "library_name: peft" in card
+    assert "supervised fine-tuned (SFT) policy" in card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("alice/tiny-sft")' in card
+    assert "| reward-model accuracy on held-out preference pairs | 0.812 |" in card  # eval.json figures
+    assert "| mean labeler score, PPO policy (built-in task) | 2.250 |" in card
+    assert "learning_rate" in card  # key hyperparameters from recipes/tiny/sft.yaml
+    assert "source" in card and "builtin" in card  # data sets from recipes/tiny/data.yaml
+
+    # The token authenticated every call and shows up nowhere else.
+    assert hub.auth_headers and all(h == f"Bearer {TOKEN}" for h in hub.auth_headers if h is not None)
+    assert sum(h is not None for h in hub.auth_headers) >= 3  # create, preupload, commit at least
+    for text in (out.out, out.err, card, *(f.decode(errors="ignore") for f in repo.files.values())):
+        assert TOKEN not in text
+        assert TOKEN[3:20] not in text  # not even a part of it
+
+
+def test_push_merged_weights_public_with_base_model_repo(hub, run_with_sft):
+    push(run_with_sft, "--stage", "sft", "--repo_id", "alice/tiny-sft-merged", "--weights", "merged",
+         "--private", "false")  # fmt: skip
+    repo = hub.repos["alice/tiny-sft-merged"]
+    assert repo.visibility == "public"
+    assert "model.safetensors" in repo.lfs_files and "config.json" in repo.files
+    assert "adapter_config.json" not in repo.files
+    assert 'AutoModelForCausalLM.from_pretrained("alice/tiny-sft-merged")' in repo.files["README.md"].decode()
+
+
+def test_adapter_points_at_the_base_model_repo_when_given(hub, run_with_sft):
+    push(run_with_sft, "--stage", "sft", "--repo_id", "alice/a", "--base_model_repo", "alice/tiny-base")
+    repo = hub.repos["alice/a"]
+    assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == "alice/tiny-base"
+    assert "base_model: alice/tiny-base" in repo.files["README.md"].decode()
+
+
+def test_dry_run_lists_files_and_sends_nothing(hub, run_with_sft, capfd, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")  # a dry run needs no token
+    assert push(run_with_sft, "--stage", "sft", "--dry_run", "true") is None
+    out = capfd.readouterr().out
+    assert hub.requests == []
+    assert "Would upload" in out
+    for name in ("README.md", "adapter_model.safetensors", "adapter_config.json", "rlhf_eval.json"):
+        assert name in out
+
+
+def test_clear_errors(hub, run_with_sft, monkeypatch, tmp_path):
+    with pytest.raises(UserError, match="make ppo"):
+        push(run_with_sft, "--stage", "ppo", "--repo_id", "alice/x")
+    with pytest.raises(ConfigError, match="repo_id"):
+        push(run_with_sft, "--stage", "sft")
+    with pytest.raises(ConfigError, match="stage must be one of"):
+        push(run_with_sft, "--stage", "dpo", "--dry_run", "true")
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(UserError, match="No Hugging Face token"):
+        push(run_with_sft, "--stage", "sft", "--repo_id", "alice/x")
+    assert hub.requests == []
+
+
+def test_offline_mode_is_a_clear_error(run_with_sft, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest's setting, untouched here
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        push(run_with_sft, "--stage", "sft", "--repo_id", "alice/x")
+
+
+def test_push_command_line_prints_one_line_errors(run_with_sft):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.push", "--config", str(RECIPE / "push.yaml"), "--run_dir",
+         str(run_with_sft), "--stage", "reward", "--dry_run", "true"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "make reward" in result.stderr
+
+
+def test_reward_model_card_says_how_to_score():
+    from pipeline.model_card import CardInfo, render_card
+
+    card = render_card(
+        CardInfo(repo_id="bob/rm", stage="reward", weights="merged", base_model="Qwen/Qwen2.5-0.5B",
+                 base_model_is_local=False, data={"preference_data": "Anthropic/hh-rlhf"}, license="apache-2.0")
+    )  # fmt: skip
+    metadata = card.split("---\n")[1]
+    assert "base_model: Qwen/Qwen2.5-0.5B" in metadata and "- Anthropic/hh-rlhf" in metadata
+    assert "pipeline_tag: text-classification" in metadata and "license: apache-2.0" in metadata
+    assert 'AutoModelForSequenceClassification.from_pretrained("bob/rm")' in card
+    assert "## Evaluation" not in card  # no eval.json, no made-up figures

@@ -1,0 +1,147 @@
+"""SFT stage: learning on the tiny recipe, QLoRA + resume end to end on CPU, artifacts that load in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "tiny" / "sft.yaml"
+
+
+def completion_loss(model_dir: str, data, n: int = 100) -> float:
+    """Mean token NLL of `completion + eos` given the prompt: the loss SFT trains, computed without TRL."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, count = 0.0, 0
+    for row in data.select(range(min(n, len(data)))):
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token)["input_ids"]
+        labels = torch.tensor([-100] * len(prompt) + full[len(prompt) :])
+        with torch.no_grad():
+            logits = model(torch.tensor([full])).logits[0, :-1]
+        nll = torch.nn.functional.cross_entropy(logits, labels[1:], reduction="sum", ignore_index=-100)
+        total, count = total + nll.item(), count + int((labels[1:] != -100).sum())
+    return total / count
+
+
+@pytest.mark.slow
+def test_sft_lowers_heldout_completion_loss(tiny_sft, tiny_base, tiny_data):
+    from datasets import load_from_disk
+
+    test = load_from_disk(str(tiny_data / "sft"))["test"]
+    base, sft = completion_loss(str(tiny_base), test), completion_loss(str(tiny_sft / "merged"), test)
+    saved = json.loads((tiny_sft / "eval_results.json").read_text())
+    print(f"held-out completion loss: base {base:.4f}, SFT {sft:.4f}; trainer: {saved['base_eval_loss']:.4f} -> "
+          f"{saved['eval_loss']:.4f}")  # fmt: skip
+    assert sft < base - 0.02, (
+        f"SFT did not lower the held-out completion loss: base {base:.4f}, SFT {sft:.4f}"
+    )
+    assert saved["eval_loss"] < saved["base_eval_loss"]
+
+
+@pytest.mark.slow
+def test_sft_artifacts_load_in_a_fresh_process(tiny_sft):
+    """The adapter (through PEFT) and merged/ (plain transformers) give the same logits, in a new interpreter."""
+    assert (tiny_sft / "adapter_config.json").is_file() and (tiny_sft / "merged" / "config.json").is_file()
+    assert not (tiny_sft.parent / "sft.checkpoints").exists(), (
+        "checkpoints of a finished run should be cleaned up"
+    )
+    script = f"""
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(tiny_sft / "merged")!r})
+ids = tok(["\\n\\nHuman: Tell me about cats.\\n\\nAssistant:"], return_tensors="pt")
+merged = AutoModelForCausalLM.from_pretrained({str(tiny_sft / "merged")!r}).eval()
+adapter = AutoPeftModelForCausalLM.from_pretrained({str(tiny_sft)!r}).eval()
+with torch.no_grad():
+    assert torch.allclose(merged(**ids).logits, adapter(**ids).logits, atol=1e-4)
+out = merged.generate(**ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id)
+print("GENERATED", repr(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GENERATED" in result.stdout
+
+
+@pytest.mark.slow
+def test_qlora_sft_runs_end_to_end_on_cpu_and_resumes(tiny_base, tiny_data, tmp_path):
+    """4-bit base + LoRA: train 2 steps with a checkpoint, resume to step 3, merge, and load the result."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.sft import main
+
+    out = tmp_path / "qlora-sft"
+    common = [
+        "--config", str(RECIPE), "--model_name_or_path", str(tiny_base), "--dataset_path", str(tiny_data / "sft"),
+        "--output_dir", str(out), "--disable_tqdm", "true", "--load_in_4bit", "true", "--save_steps", "2",
+        "--per_device_train_batch_size", "8", "--keep_checkpoints", "true", "--eval_split", "",
+    ]  # fmt: skip
+    first = main([*common, "--max_steps", "2", "--merge_adapter", "false"])
+    assert first["resumed_from_checkpoint"] is None
+    assert (out / "adapter_config.json").is_file() and not (out / "merged").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base)
+
+    second = main(
+        [*common, "--max_steps", "3", "--resume_from_checkpoint", "true", "--merge_adapter", "true"]
+    )
+    assert second["resumed_from_checkpoint"].endswith("checkpoint-2")
+    assert (out.parent / "qlora-sft.checkpoints" / "checkpoint-3").is_dir()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert not any("4bit" in type(m).__name__ for m in merged.modules()), "merged model must be plain weights"
+    assert torch.isfinite(merged(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_missing_dataset_is_a_clear_error(tiny_base_path_free_args):
+    from pipeline.sft import main
+
+    with pytest.raises(UserError, match="does not exist"):
+        main([*tiny_base_path_free_args, "--dataset_path", "/nonexistent/sft"])
+
+
+def test_wrong_columns_are_a_clear_error(tmp_path, tiny_base_path_free_args):
+    from datasets import Dataset, DatasetDict
+
+    from pipeline.sft import main
+
+    DatasetDict(train=Dataset.from_dict({"question": ["q"]})).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(UserError, match="expected 'prompt' \\+ 'completion' or 'messages'"):
+        main([*tiny_base_path_free_args, "--dataset_path", str(tmp_path / "bad")])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    from pipeline.training import resolve_resume
+
+    assert resolve_resume(None, tmp_path) is None and resolve_resume("false", tmp_path) is None
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        resolve_resume("true", tmp_path)
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-10").mkdir()
+    assert resolve_resume("true", tmp_path).endswith("checkpoint-10")
+
+
+def test_lora_is_the_default_on_all_linear_layers():
+    from pipeline.config import parse_config
+    from pipeline.sft import CONFIG_TYPES
+
+    _, _, model_args = parse_config(
+        CONFIG_TYPES, ["--output_dir", "x", "--model_name_or_path", "m", "--use_cpu", "true"]
+    )
+    assert model_args.use_peft is True and model_args.lora_target_modules == "all-linear"
+
+
+@pytest.fixture
+def tiny_base_path_free_args(tmp_path):
+    """Arguments that fail on the data before any model is loaded."""
+    return ["--config", str(RECIPE), "--model_name_or_path", "unused", "--output_dir", str(tmp_path / "out")]
