@@ -17,7 +17,11 @@ def test_first_eos_mask_and_truncation():
     responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
     mask = core.first_eos_mask(responses, eos)
     # Row 0 ends at its first EOS (index 1), the second EOS is ignored; row 1 never ends; row 2 ends at once.
-    assert mask.tolist() == [[True, True, False, False], [True, True, True, True], [True, False, False, False]]
+    assert mask.tolist() == [
+        [True, True, False, False],
+        [True, True, True, True],
+        [True, False, False, False],
+    ]
     assert core.truncate_after_eos(responses, eos, pad).tolist() == [[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
     assert core.last_token_index(mask).tolist() == [1, 3, 0]
 
@@ -35,7 +39,9 @@ def test_masked_mean_var_whiten():
     assert core.masked_whiten(x, mask, shift_mean=False)[0, :4].tolist() == pytest.approx(
         [e + 2.5 for e in expected], abs=1e-5
     )
-    assert core.masked_mean(t([1.0, 3.0], [5.0, 7.0]), torch.ones(2, 2, dtype=torch.bool), dim=1).tolist() == [
+    assert core.masked_mean(
+        t([1.0, 3.0], [5.0, 7.0]), torch.ones(2, 2, dtype=torch.bool), dim=1
+    ).tolist() == [
         2.0,
         6.0,
     ]
@@ -66,7 +72,9 @@ def test_rewards_put_score_at_last_token_and_kl_penalty_everywhere():
 def test_gae_small_arrays():
     # gamma=1, lam=0.5, V=0.5 everywhere, reward 1 at the end:
     # A2 = 1 - 0.5 = 0.5; A1 = (0 + 0.5 - 0.5) + 0.5 * 0.5 = 0.25; A0 = 0 + 0.5 * 0.25 = 0.125.
-    adv, ret = core.compute_gae(t([0.0, 0.0, 1.0]), t([0.5, 0.5, 0.5]), torch.ones(1, 3, dtype=torch.bool), 1.0, 0.5)
+    adv, ret = core.compute_gae(
+        t([0.0, 0.0, 1.0]), t([0.5, 0.5, 0.5]), torch.ones(1, 3, dtype=torch.bool), 1.0, 0.5
+    )
     assert adv[0].tolist() == pytest.approx([0.125, 0.25, 0.5])
     assert ret[0].tolist() == pytest.approx([0.625, 0.75, 1.0])
     # gamma=0.5, lam=1, V=0: A1 = 1; A0 = 1 + 0.5 * 1 = 1.5.
@@ -95,7 +103,9 @@ def test_clipped_policy_loss():
 
 def test_clipped_value_loss():
     values, old, returns = t([0.5, -0.1]), torch.zeros(1, 2), t([1.0, 1.0])
-    loss, stats = core.value_loss(values, old, returns, torch.ones(1, 2, dtype=torch.bool), cliprange_value=0.2)
+    loss, stats = core.value_loss(
+        values, old, returns, torch.ones(1, 2, dtype=torch.bool), cliprange_value=0.2
+    )
     # clipped V = [0.2, -0.1]; unclipped (V-R)^2 = [0.25, 1.21]; clipped = [0.64, 1.21]; 0.5 * mean(max) = 0.4625.
     assert loss.item() == pytest.approx(0.4625)
     assert stats["clipfrac"].item() == pytest.approx(0.5)

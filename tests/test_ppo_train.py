@@ -63,7 +63,9 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
     responses = out[:, q["input_ids"].shape[1] :]
     mask = first_eos_mask(responses, tok.eos_token_id)
-    scores = labeler_scores(prompts, tok.batch_decode(responses * mask + tok.pad_token_id * ~mask, skip_special_tokens=True))
+    scores = labeler_scores(
+        prompts, tok.batch_decode(responses * mask + tok.pad_token_id * ~mask, skip_special_tokens=True)
+    )
     ids = torch.cat([q["input_ids"], responses], 1)
     attn = torch.cat([q["attention_mask"], mask.long()], 1)
     pos = position_ids_from_mask(attn)
@@ -97,7 +99,7 @@ def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     sft_score, _ = labeler_eval(tiny_sft, tiny_sft, prompts)
     ppo_score, kl = labeler_eval(out, tiny_sft, prompts)
     print(f"held-out labeler score: SFT {sft_score:.3f} -> PPO {ppo_score:.3f}; KL(PPO || SFT) {kl:.2f} nats")
-    assert ppo_score > sft_score + 0.3, (sft_score, ppo_score, kl)
+    assert ppo_score > sft_score + 0.5, (sft_score, ppo_score, kl)  # measured: 1.43 -> 2.62
     assert 0.0 < kl < 30.0
 
 
@@ -167,7 +169,7 @@ def test_two_processes_end_with_identical_weights(tiny_sft, tiny_data, tmp_path)
         "from safetensors.torch import save_file\n"
         "from pipeline.ppo import main\n"
         "from pipeline.ppo.checkpoint import trainable_state\n"
-        "t = main(sys.argv[1:])\n"
+        "t = main(sys.argv[1:-1])\n"
         "save_file(trainable_state(t.accelerator.unwrap_model(t.model)), sys.argv[-1] + f'.rank{t.accelerator.process_index}')\n"
         "print('WORLD', t.accelerator.num_processes)\n"
     )
@@ -189,3 +191,19 @@ def test_two_processes_end_with_identical_weights(tiny_sft, tiny_data, tmp_path)
     assert w0["value_head.weight"].abs().sum() > 0
     metrics = read_metrics(out)
     assert len(metrics) == 2 and metrics[-1]["episode"] == 16  # 2 ranks x 4 prompts x 2 steps
+
+
+def test_qlora_4bit_base_trains_and_merges(tiny_sft, tiny_data, tmp_path):
+    """A 4-bit NF4 base (bitsandbytes works on CPU) under the LoRA policy; merged/ is a plain model."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.ppo import main
+
+    out = tmp_path / "qlora"
+    trainer = main(ppo_args(tiny_sft, tiny_data, out, "--total_episodes", "8", "--per_device_train_batch_size", "4",
+                            "--num_ppo_epochs", "1", "--response_length", "16", "--load_in_4bit", "true",
+                            "--save_merged", "true"))  # fmt: skip
+    base = trainer.accelerator.unwrap_model(trainer.model).lm.get_base_model()
+    assert getattr(base, "is_loaded_in_4bit", False)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())

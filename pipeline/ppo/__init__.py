@@ -1,7 +1,7 @@
 """Stage 3: PPO (InstructGPT) with a two-headed policy on one shared frozen base model.
 
-    python -m pipeline.ppo --config recipes/tiny/ppo.yaml [--field value ...]
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m pipeline.ppo --config ...
+python -m pipeline.ppo --config recipes/tiny/ppo.yaml [--field value ...]
+accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m pipeline.ppo --config ...
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(accelerator, output_dir, step: int, state: dict, model, optimizer, scheduler, keep: int | None):
+def save_checkpoint(
+    accelerator, output_dir, step: int, state: dict, model, optimizer, scheduler, keep: int | None
+):
     """Collective: every rank calls it; rank 0 writes the shared files, each rank its RNG state."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
@@ -109,7 +111,9 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> dic
     weights = load_file(str(path / "trainable.safetensors"))
     missing = [n for n, p in unwrapped.named_parameters() if p.requires_grad and n not in weights]
     if missing:
-        raise UserError(f"Checkpoint {path} does not match this model (missing {missing[:3]}...); same config?")
+        raise UserError(
+            f"Checkpoint {path} does not match this model (missing {missing[:3]}...); same config?"
+        )
     params = dict(unwrapped.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():

@@ -24,17 +24,25 @@ class PPOConfig(TrainingArguments):
     # --- models and data -----------------------------------------------------------------------------------
     sft_model_path: str = field(
         default="runs/tiny/sft",
-        metadata={"help": "SFT policy: a PEFT adapter dir (the policy continues that adapter) or a plain model"},
+        metadata={
+            "help": "SFT policy: a PEFT adapter dir (the policy continues that adapter) or a plain model"
+        },
     )
     reward_model_path: str | None = field(
         default="runs/tiny/reward",
-        metadata={"help": "AutoModelForSequenceClassification dir; its tokenizer may differ from the policy's"},
+        metadata={
+            "help": "AutoModelForSequenceClassification dir; its tokenizer may differ from the policy's"
+        },
     )
     reward_fn: str | None = field(
         default=None,
-        metadata={"help": "'module:function' with f(prompts, responses) -> list[float]; replaces the reward model"},
+        metadata={
+            "help": "'module:function' with f(prompts, responses) -> list[float]; replaces the reward model"
+        },
     )
-    prompts_path: str = field(default="runs/tiny/data/prompts", metadata={"help": "datasets dir with `prompt`"})
+    prompts_path: str = field(
+        default="runs/tiny/data/prompts", metadata={"help": "datasets dir with `prompt`"}
+    )
     eval_prompts_path: str | None = field(
         default="runs/tiny/data/eval_prompts", metadata={"help": "held-out prompts for the sample table"}
     )
@@ -50,10 +58,13 @@ class PPOConfig(TrainingArguments):
     )
     # --- budget and batching -------------------------------------------------------------------------------
     total_episodes: int | None = field(
-        default=None, metadata={"help": "prompts to roll out in total; default num_train_epochs * len(prompts)"}
+        default=None,
+        metadata={"help": "prompts to roll out in total; default num_train_epochs * len(prompts)"},
     )
     num_ppo_epochs: int = field(default=4, metadata={"help": "passes over each rollout batch"})
-    num_mini_batches: int = field(default=1, metadata={"help": "mini-batches (optimizer steps) per PPO epoch"})
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "mini-batches (optimizer steps) per PPO epoch"}
+    )
     local_rollout_forward_batch_size: int = field(
         default=64, metadata={"help": "per-process batch for generation and no-grad forward passes"}
     )
@@ -66,8 +77,12 @@ class PPOConfig(TrainingArguments):
         default=None, metadata={"help": "subtracted from the score of responses that never emit EOS"}
     )
     # --- PPO -----------------------------------------------------------------------------------------------
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient (initial value if adaptive)"})
-    kl_estimator: str = field(default="k1", metadata={"help": "'k1' (log p/q) or 'k3' (lower variance, >= 0)"})
+    kl_coef: float = field(
+        default=0.05, metadata={"help": "KL penalty coefficient (initial value if adaptive)"}
+    )
+    kl_estimator: str = field(
+        default="k1", metadata={"help": "'k1' (log p/q) or 'k3' (lower variance, >= 0)"}
+    )
     adaptive_kl: bool = field(default=False, metadata={"help": "Ziegler et al. adaptive KL controller"})
     target_kl: float = 6.0
     kl_horizon: int = 10000
@@ -78,7 +93,9 @@ class PPOConfig(TrainingArguments):
     lam: float = 0.95
     whiten_rewards: bool = False
     # --- outputs -------------------------------------------------------------------------------------------
-    sample_every: int = field(default=10, metadata={"help": "print/save a table of sample generations every N steps"})
+    sample_every: int = field(
+        default=10, metadata={"help": "print/save a table of sample generations every N steps"}
+    )
     num_samples: int = field(default=4, metadata={"help": "rows in the sample table"})
     save_merged: bool = field(default=True, metadata={"help": "also write merged/ (a plain merged policy)"})
     # --- TrainingArguments defaults changed for PPO --------------------------------------------------------
@@ -89,7 +106,8 @@ class PPOConfig(TrainingArguments):
     adam_epsilon: float = 1e-5  # N+ implementation details: Adam eps 1e-5, as in the OpenAI code
     save_steps: float = 0
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "a checkpoint dir, or 'latest' for the newest in output_dir/checkpoints"}
+        default=None,
+        metadata={"help": "a checkpoint dir, or 'latest' for the newest in output_dir/checkpoints"},
     )
 
     def __post_init__(self):
@@ -98,7 +116,11 @@ class PPOConfig(TrainingArguments):
 
         # On the command line `--reward_model_path null` must mean None, as it does in YAML.
         for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint"):
-            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in ("", "null", "none"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in (
+                "",
+                "null",
+                "none",
+            ):
                 setattr(self, name, None)
 
         if self.value_head not in ("shared", "adapter"):
@@ -111,6 +133,11 @@ class PPOConfig(TrainingArguments):
             raise ConfigError(f"reward_fn must look like 'package.module:function', got {self.reward_fn!r}.")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled rollouts.")
-        for name in ("num_ppo_epochs", "num_mini_batches", "response_length", "local_rollout_forward_batch_size"):
+        for name in (
+            "num_ppo_epochs",
+            "num_mini_batches",
+            "response_length",
+            "local_rollout_forward_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")

@@ -71,7 +71,9 @@ class PolicyWithValueHead(nn.Module):
         self.lm.gradient_checkpointing_disable()
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        self.lm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+        )
 
     # --- adapter switching -----------------------------------------------------------------------------------
     @contextmanager
@@ -106,7 +108,11 @@ class PolicyWithValueHead(nn.Module):
         return getattr(model, model.base_model_prefix)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, with_values: bool = True
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        with_values: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits predicting each response token and the value of the state before it: (B, R, V), (B, R)."""
         position_ids = position_ids_from_mask(attention_mask)
@@ -124,7 +130,10 @@ class PolicyWithValueHead(nn.Module):
         if self.value_adapter:
             with self._active_adapter(VALUE):
                 hidden = self.backbone()(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
                 ).last_hidden_state
         else:
             hidden = out.hidden_states[-1]
@@ -160,7 +169,9 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
 
     sft = args.sft_model_path
     if not Path(sft).exists():
-        raise UserError(f"sft_model_path {sft} does not exist. Run the SFT stage first (make sft) or fix the path.")
+        raise UserError(
+            f"sft_model_path {sft} does not exist. Run the SFT stage first (make sft) or fix the path."
+        )
     sft_is_adapter = is_adapter_dir(sft)
     use_lora = model_args.use_peft or sft_is_adapter
     if sft_is_adapter and not model_args.use_peft:
@@ -170,14 +181,18 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
     kwargs = _load_kwargs(model_args, device_map)
     base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     if "quantization_config" in kwargs:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=bool(args.gradient_checkpointing)
+        )
     elif args.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     ref_model = None
     if not use_lora:
         if args.value_head == "adapter":
-            raise UserError("value_head: adapter needs LoRA (use_peft: true); full fine-tuning uses value_head: shared.")
+            raise UserError(
+                "value_head: adapter needs LoRA (use_peft: true); full fine-tuning uses value_head: shared."
+            )
         if "quantization_config" in kwargs:
             raise UserError("A 4-bit base cannot be fully fine-tuned; set use_peft: true (QLoRA).")
         lm = base
@@ -187,7 +202,9 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
         lm = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
         lm.load_adapter(sft, adapter_name=REF, is_trainable=False)
     else:
-        lm = get_peft_model(base, get_peft_config(model_args) or LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM"))
+        lm = get_peft_model(
+            base, get_peft_config(model_args) or LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM")
+        )
     value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32)
     nn.init.zeros_(value_head.weight)
     nn.init.zeros_(value_head.bias)
@@ -197,8 +214,12 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
         lm.set_adapter(POLICY)
         for name, param in lm.named_parameters():
             param.requires_grad_("lora_" in name and f".{REF}." not in name)
-    disable_dropout_in_model(lm)  # N+ details: dropout would make logprobs differ between rollout and training
-    model = PolicyWithValueHead(lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter)
+    disable_dropout_in_model(
+        lm
+    )  # N+ details: dropout would make logprobs differ between rollout and training
+    model = PolicyWithValueHead(
+        lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter
+    )
     return model, ref_model
 
 
@@ -209,7 +230,11 @@ def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
 
     policy_config = lm.peft_config[POLICY]
     reward_adapter = Path(args.reward_model_path or "") / "adapter"
-    if args.reward_model_path and is_adapter_dir(reward_adapter) and _same_model_path(adapter_base_path(reward_adapter), base_path):
+    if (
+        args.reward_model_path
+        and is_adapter_dir(reward_adapter)
+        and _same_model_path(adapter_base_path(reward_adapter), base_path)
+    ):
         reward_config = json.loads((reward_adapter / "adapter_config.json").read_text())
         config = LoraConfig(
             r=reward_config["r"],
@@ -228,7 +253,9 @@ def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
                 value_head.weight.copy_(next(iter(score.values())).float().view_as(value_head.weight))
         logger.info("value adapter initialised from the reward model adapter %s", reward_adapter)
     else:
-        logger.info("value adapter initialised fresh (no reward-model adapter on the same base at %s)", reward_adapter)
+        logger.info(
+            "value adapter initialised fresh (no reward-model adapter on the same base at %s)", reward_adapter
+        )
         lm.add_adapter(
             VALUE,
             LoraConfig(
@@ -255,13 +282,17 @@ class RewardScorer:
 
         path = args.reward_model_path
         if not Path(path).exists():
-            raise UserError(f"reward_model_path {path} does not exist. Run the reward stage (make reward) first.")
+            raise UserError(
+                f"reward_model_path {path} does not exist. Run the reward stage (make reward) first."
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         kwargs = _load_kwargs(model_args, device_map)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval().requires_grad_(False)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval().requires_grad_(False)
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if "quantization_config" not in kwargs:
@@ -279,9 +310,9 @@ class RewardScorer:
         texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
         scores = []
         for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[i : i + self.batch_size], return_tensors="pt", padding=True
-            ).to(self.model.device)
+            batch = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True).to(
+                self.model.device
+            )
             scores.append(self.model(**batch).logits[:, 0].float())
         return torch.cat(scores).to(self.device)
 
@@ -291,7 +322,9 @@ def load_callable(spec: str) -> Callable:
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise UserError(f"reward_fn {spec!r} cannot be imported ({err}). Use 'package.module:function'.") from err
+        raise UserError(
+            f"reward_fn {spec!r} cannot be imported ({err}). Use 'package.module:function'."
+        ) from err
     if not callable(fn):
         raise UserError(f"reward_fn {spec!r} is not callable.")
     return fn

@@ -22,11 +22,15 @@ def generation_config(args, tokenizer) -> GenerationConfig:
     )
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], max_prompt_length: int, device) -> dict[str, torch.Tensor]:
+def tokenize_prompts(
+    tokenizer, prompts: list[str], max_prompt_length: int, device
+) -> dict[str, torch.Tensor]:
     """Left-padded prompt batch; prompts longer than `max_prompt_length` keep their end (the Assistant turn)."""
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length)
+    batch = tokenizer(
+        prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_length
+    )
     return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
@@ -41,6 +45,8 @@ def generate(lm, queries: dict[str, torch.Tensor], config: GenerationConfig, chu
         out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
         response = out[:, input_ids.shape[1] :]
         # Generation stops early when every row has ended; pad to a fixed width so batches line up across ranks.
-        response = torch.nn.functional.pad(response, (0, config.max_new_tokens - response.shape[1]), value=pad)
+        response = torch.nn.functional.pad(
+            response, (0, config.max_new_tokens - response.shape[1]), value=pad
+        )
         responses.append(truncate_after_eos(response, eos, pad))
     return torch.cat(responses)

@@ -67,18 +67,24 @@ class PPOTrainer:
 
         self.tokenizer = AutoTokenizer.from_pretrained(args.sft_model_path)
         if self.tokenizer.pad_token is None:
-            raise UserError(f"The tokenizer at {args.sft_model_path} has no pad token; the SFT stage must set one.")
+            raise UserError(
+                f"The tokenizer at {args.sft_model_path} has no pad token; the SFT stage must set one."
+            )
         self.prompts = load_prompts(args.prompts_path, args.prompt_field)
         self.eval_prompts = load_prompts(args.eval_prompts_path, args.prompt_field)[: args.num_samples]
 
         # Batch sizes, exactly as in old TRL.
-        self.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+        self.local_batch_size = (
+            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+        )
         self.batch_size = self.local_batch_size * acc.num_processes
         self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
         total = args.total_episodes or int(args.num_train_epochs * len(self.prompts))
         self.num_steps = max(1, math.ceil(total / self.batch_size))
 
-        device_map = {"": acc.local_process_index} if torch.cuda.is_available() and not args.use_cpu else {"": "cpu"}
+        device_map = (
+            {"": acc.local_process_index} if torch.cuda.is_available() and not args.use_cpu else {"": "cpu"}
+        )
         self.model, self.ref_model = load_policy(args, model_args, device_map)
         self.scorer = RewardScorer(args, model_args, acc.device, device_map)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -108,7 +114,10 @@ class PPOTrainer:
         self.output_dir = Path(args.output_dir)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            acc.init_trackers("ppo", config={k: v for k, v in args.to_dict().items() if isinstance(v, int | float | str | bool)})
+            acc.init_trackers(
+                "ppo",
+                config={k: v for k, v in args.to_dict().items() if isinstance(v, int | float | str | bool)},
+            )
         self._log_sizes()
 
     def _log_sizes(self) -> None:
@@ -130,7 +139,10 @@ class PPOTrainer:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed + epoch)).tolist()
             indices.extend(perm[offset : offset + self.batch_size - len(indices)])
         rank = self.accelerator.process_index
-        return [self.prompts[i] for i in indices[rank * self.local_batch_size : (rank + 1) * self.local_batch_size]]
+        return [
+            self.prompts[i]
+            for i in indices[rank * self.local_batch_size : (rank + 1) * self.local_batch_size]
+        ]
 
     # --- forward helpers ------------------------------------------------------------------------------------
     def _logprobs(self, logits: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
@@ -155,7 +167,9 @@ class PPOTrainer:
         args, acc, tok = self.args, self.accelerator, self.tokenizer
         queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
         with unwrap_model_for_generation(self.model, acc) as unwrapped:
-            responses = generate(unwrapped.lm, queries, self.gen_config, args.local_rollout_forward_batch_size)
+            responses = generate(
+                unwrapped.lm, queries, self.gen_config, args.local_rollout_forward_batch_size
+            )
         mask = core.first_eos_mask(responses, tok.eos_token_id)
         input_ids = torch.cat([queries["input_ids"], responses], 1)
         attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
@@ -284,7 +298,9 @@ class PPOTrainer:
             set_seed(args.seed, device_specific=True)  # different samples on each rank
         self.model.eval()  # dropout is off anyway; eval() also keeps generation deterministic per seed
         start_time, start_episode = time.time(), self.episode
-        save_every = math.ceil(args.save_steps * self.num_steps) if 0 < args.save_steps < 1 else int(args.save_steps)
+        save_every = (
+            math.ceil(args.save_steps * self.num_steps) if 0 < args.save_steps < 1 else int(args.save_steps)
+        )
         while self.step < self.num_steps:
             batch = self.rollout(self.batch_prompts(self.step))
             stats = self.update(batch)
@@ -312,7 +328,9 @@ class PPOTrainer:
             return
         with open(self.output_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        if self.args.logging_steps and (self.step % max(1, int(self.args.logging_steps)) == 0 or self.step == 1):
+        if self.args.logging_steps and (
+            self.step % max(1, int(self.args.logging_steps)) == 0 or self.step == 1
+        ):
             print(
                 f"step {self.step}/{self.num_steps} episode {self.episode} score {metrics['objective/scores']:.3f} "
                 f"kl {metrics['objective/kl']:.3f} rlhf_reward {metrics['objective/rlhf_reward']:.3f} "
@@ -329,7 +347,9 @@ class PPOTrainer:
         tok, acc = self.tokenizer, self.accelerator
         queries = tokenize_prompts(tok, self.eval_prompts, self.args.max_prompt_length, acc.device)
         with unwrap_model_for_generation(self.model, acc) as unwrapped:
-            responses = generate(unwrapped.lm, queries, self.gen_config, self.args.local_rollout_forward_batch_size)
+            responses = generate(
+                unwrapped.lm, queries, self.gen_config, self.args.local_rollout_forward_batch_size
+            )
         ended = (responses == tok.eos_token_id).any(1)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
         scores = self.scorer(self.eval_prompts, texts, ended.tolist()).tolist()
