@@ -66,16 +66,10 @@ def model_kwargs(model_args=None) -> dict:
     }
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = _kbit_device_map()
+        from pipeline.training import kbit_device_map
+
+        kwargs["device_map"] = kbit_device_map()
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _kbit_device_map():
-    """Each process's k-bit model on its own device (trl 1.16 dropped get_kbit_device_map)."""
-    import torch
-    from accelerate import PartialState
-
-    return {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def load_causal_lm(name_or_path: str, model_args=None, merge_adapter: bool = False, **kwargs):
