@@ -176,14 +176,13 @@ def main(args=None, callbacks=None):
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
         publish_atomically(tmp, final_dir)
     trainer.accelerator.wait_for_everyone()
-    if (
-        training_args.push_to_hub
-    ):  # the standard Trainer path: what it trained (adapter + score head, or model)
-        trainer.push_to_hub()
+    if training_args.push_to_hub:
+        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter + score head, or model)
     finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
-    if "eval_accuracy" in metrics:
-        print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
-    print(f"Saved to {final_dir}")
+    if trainer.is_world_process_zero():
+        if "eval_accuracy" in metrics:
+            print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
+        print(f"Saved to {final_dir}")
     return metrics
 
 

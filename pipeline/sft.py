@@ -119,6 +119,12 @@ def main(args=None, callbacks=None):
     checkpoints = checkpoint_dir(training_args.output_dir)
     training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
     resume = resolve_resume(training_args.resume_from_checkpoint, checkpoints)
+    # The base model's held-out loss, measured by the Trainer once it has wrapped the model for data parallelism
+    # (a fresh LoRA adapter is a no-op, B = 0, so this is the base model under the same masking). Not a plain
+    # evaluate() before train(): that marks the model as prepared unwrapped, and under DDP the ranks then train
+    # without synchronising gradients.
+    measure_base_loss = eval_data is not None and resume is None
+    training_args.eval_on_start = training_args.eval_on_start or measure_base_loss
 
     from trl import SFTTrainer
     from trl.trainer.utils import get_peft_config
@@ -133,12 +139,12 @@ def main(args=None, callbacks=None):
         callbacks=callbacks,
     )
 
-    metrics = {}
-    if eval_data is not None and resume is None:
-        # A fresh LoRA adapter is a no-op (B = 0), so this is the base model's loss under the same masking.
-        metrics["base_eval_loss"] = trainer.evaluate(metric_key_prefix="base")["base_loss"]
     train_result = trainer.train(resume_from_checkpoint=resume)
-    metrics.update(train_result.metrics)
+    metrics = dict(train_result.metrics)
+    if measure_base_loss:
+        metrics["base_eval_loss"] = next(
+            log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log
+        )
     metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(
         train_result.metrics["train_runtime"], 1e-9
     )
@@ -149,16 +155,14 @@ def main(args=None, callbacks=None):
     if trainer.is_world_process_zero():
         save_sft(trainer, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics)
     trainer.accelerator.wait_for_everyone()
-    if (
-        training_args.push_to_hub
-    ):  # the standard Trainer path: what it trained (adapter or model) + model card
-        trainer.push_to_hub()
+    if training_args.push_to_hub:
+        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
     finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
-    if "base_eval_loss" in metrics:
-        print(
-            f"Held-out completion loss: base {metrics['base_eval_loss']:.3f} -> SFT {metrics['eval_loss']:.3f}"
-        )
-    print(f"Saved to {final_dir}")
+    if trainer.is_world_process_zero():
+        if "base_eval_loss" in metrics:
+            base, tuned = metrics["base_eval_loss"], metrics["eval_loss"]
+            print(f"Held-out completion loss: base {base:.3f} -> SFT {tuned:.3f}")
+        print(f"Saved to {final_dir}")
     return metrics
 
 

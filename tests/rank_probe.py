@@ -3,7 +3,8 @@
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m tests.rank_probe pipeline.sft --config ...
 
 Each rank writes `$RANK_PROBE_DIR/rank<N>.json`: the first training batch it drew (to show the data is sharded),
-its steps per epoch, and a digest of its trainable weights at the end (to show gradients were synchronised).
+its steps per epoch, and digests of its trainable weights at the start and the end (to show that training moved
+them and that gradients were synchronised).
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ class RankProbe(TrainerCallback):
         self.out_dir = Path(out_dir)
         self.record: dict = {}
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         batch = next(iter(train_dataloader))
         key = "input_ids" if "input_ids" in batch else "chosen_input_ids"
         self.record.update(
-            first_batch=batch[key].tolist(), steps_per_epoch=len(train_dataloader), world_size=args.world_size
+            first_batch=batch[key].tolist(),
+            steps_per_epoch=len(train_dataloader),
+            world_size=args.world_size,
+            initial_weights=weights_digest(model),
         )
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
