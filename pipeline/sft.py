@@ -31,6 +31,7 @@ from pipeline.training import (
     merge_adapter,
     publish_atomically,
     resolve_resume,
+    warn_if_engine_dropped,
 )
 
 
@@ -138,6 +139,7 @@ def main(args=None, callbacks=None):
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
     )
+    warn_if_engine_dropped(trainer.accelerator)
 
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)

@@ -103,8 +103,8 @@ def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     assert 0.0 < kl < 30.0
 
 
-def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
-    """Run 4 steps with a checkpoint at 2; resuming from it must reproduce steps 3-4 exactly."""
+def run_and_resume(tiny_sft, tiny_data, tmp_path):
+    """Run 4 steps with a checkpoint at 2, then resume a second run from it; returns both dirs and the trainer."""
     from pipeline.ppo import main
 
     small = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
@@ -114,14 +114,13 @@ def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
     ckpt = full / "checkpoints" / "step-2"
     assert (ckpt / "trainer_state.json").is_file() and not list((full / "checkpoints").glob(".tmp-*"))
     trainer = main(ppo_args(tiny_sft, tiny_data, resumed, *small, "--resume_from_checkpoint", str(ckpt)))
-
     assert [m["step"] for m in read_metrics(resumed)] == [3, 4]
     assert trainer.step == 4
-    # Adam's step counter continued from the checkpoint (2 steps x 2 mini-batches) through 2 more steps.
-    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert next(iter(saved["state"].values()))["step"].item() == 4
-    assert next(iter(trainer.optimizer.state_dict()["state"].values()))["step"].item() == 8
-    # Same data, RNG, optimizer and schedule: the resumed run ends on the very same weights.
+    return full, resumed, ckpt, trainer
+
+
+def assert_same_final_weights(full: Path, resumed: Path) -> None:
+    """Same data, RNG, optimizer and schedule: the resumed run ends on the very same weights."""
     for name in ("adapter_model.safetensors", "value_head.safetensors"):
         a, b = load_file(full / name), load_file(resumed / name)
         assert a.keys() == b.keys()
@@ -129,6 +128,42 @@ def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
     full_m, res_m = read_metrics(full), read_metrics(resumed)
     assert res_m[-1]["objective/scores"] == pytest.approx(full_m[-1]["objective/scores"])
+
+
+def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
+    full, resumed, ckpt, trainer = run_and_resume(tiny_sft, tiny_data, tmp_path)
+    # Adam's step counter continued from the checkpoint (2 steps x 2 mini-batches) through 2 more steps.
+    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert next(iter(saved["state"].values()))["step"].item() == 4
+    assert next(iter(trainer.optimizer.state_dict()["state"].values()))["step"].item() == 8
+    assert_same_final_weights(full, resumed)
+
+
+def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
+    tiny_sft, tiny_data, tmp_path, monkeypatch
+):
+    """The sharded-engine path (Accelerate's save_state/load_state, gathered final save), run on one CPU process.
+
+    FSDP and DeepSpeed need accelerators; this drives the same trainer code with the engine check forced on, so
+    only the engines' own sharding is left unexercised here.
+    """
+    from pipeline.ppo import distributed
+
+    monkeypatch.setattr(distributed, "is_sharded", lambda accelerator: True)
+    full, resumed, ckpt, trainer = run_and_resume(tiny_sft, tiny_data, tmp_path)
+    assert trainer.sharded
+    assert not (ckpt / "trainable.safetensors").exists() and list(
+        ckpt.glob("*.safetensors")
+    )  # Accelerate's files
+    assert next(iter(trainer.optimizer.state_dict()["state"].values()))["step"].item() == 8
+    assert_same_final_weights(full, resumed)
+
+    from pipeline.config import UserError
+    from pipeline.ppo import main
+
+    monkeypatch.setattr(distributed, "is_sharded", lambda accelerator: False)
+    with pytest.raises(UserError, match="written under FSDP/DeepSpeed"):
+        main(ppo_args(tiny_sft, tiny_data, tmp_path / "again", "--resume_from_checkpoint", str(ckpt)))
 
 
 def nan_reward(prompts, responses):

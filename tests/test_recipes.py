@@ -112,3 +112,20 @@ def test_accelerate_configs_cover_every_engine():
         "multi_node",
     }
     assert wanted <= names, sorted(wanted - names)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_sharding_config_on_cpu_warns_that_weights_are_replicated(engine, monkeypatch, capsys):
+    """Accelerate silently runs DDP when a DeepSpeed/FSDP launch config meets a CPU run; the stages say so."""
+    from accelerate import Accelerator
+
+    from pipeline.training import warn_if_engine_dropped
+
+    accelerator = Accelerator(cpu=True)
+    warn_if_engine_dropped(accelerator)
+    assert capsys.readouterr().out == ""
+
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what `accelerate launch` sets from the config
+    warn_if_engine_dropped(accelerator)
+    out = capsys.readouterr().out
+    assert "Warning" in out and "not sharded" in out and ("FSDP" if engine == "FSDP" else "DeepSpeed") in out

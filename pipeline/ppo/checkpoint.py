@@ -72,21 +72,37 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    accelerator, output_dir, step: int, state: dict, model, optimizer, scheduler, keep: int | None
+    accelerator,
+    output_dir,
+    step: int,
+    state: dict,
+    model,
+    optimizer,
+    scheduler,
+    keep: int | None,
+    sharded: bool = False,
 ):
-    """Collective: every rank calls it; rank 0 writes the shared files, each rank its RNG state."""
+    """Collective: every rank calls it; rank 0 writes the shared files, each rank its RNG state.
+
+    Replicated models (one process, DDP) store only the trainable weights. Sharded ones (FSDP, DeepSpeed) hold
+    a slice of the weights and optimizer state on each rank: Accelerate's save_state writes them in the engine's
+    own format (with the scheduler, registered by the trainer, and every rank's RNG).
+    """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    optimizer_state = optimizer.state_dict()  # collective under ZeRO/FSDP, so every rank asks for it
+    if sharded:
+        accelerator.save_state(str(tmp))
+    else:
+        torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -105,8 +121,17 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(path)
 
 
-def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, sharded: bool = False) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns the trainer state (step, ...)."""
+    replicated_format = (path / "trainable.safetensors").is_file()
+    if replicated_format == sharded:
+        raise UserError(
+            f"Checkpoint {path} was written {'without' if replicated_format else 'under'} FSDP/DeepSpeed: "
+            "resume it with the Accelerate config it was written with."
+        )
+    if sharded:
+        accelerator.load_state(str(path))
+        return json.loads((path / STATE_FILE).read_text())
     unwrapped = accelerator.unwrap_model(model)
     weights = load_file(str(path / "trainable.safetensors"))
     missing = [n for n, p in unwrapped.named_parameters() if p.requires_grad and n not in weights]

@@ -62,10 +62,25 @@ class PolicyWithValueHead(nn.Module):
         # peft's set_adapter() marks only the active adapter trainable; remember who really trains.
         self._lora_grad = {p: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
 
+    # --- what Accelerate's engines read off a transformers model --------------------------------------------
+    @property
+    def config(self):
+        """DeepSpeed fills its "auto" bucket sizes from config.hidden_size."""
+        return self.lm.config
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """FSDP's transformer auto-wrap shards each decoder layer on its own (not the whole model as one unit)."""
+        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return getattr(model, "_no_split_modules", None)
+
     # --- what trl's unwrap_model_for_generation expects of a model (it turns checkpointing off to generate) --
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.lm, "is_gradient_checkpointing", False))
+        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        if hasattr(type(model), "is_activation_checkpointing"):  # transformers >= 5.2x renamed it
+            return bool(model.is_activation_checkpointing)
+        return bool(getattr(model, "is_gradient_checkpointing", False))
 
     def gradient_checkpointing_disable(self) -> None:
         self.lm.gradient_checkpointing_disable()

@@ -35,14 +35,30 @@ def tokenize_prompts(
 
 
 @torch.no_grad()
-def generate(lm, queries: dict[str, torch.Tensor], config: GenerationConfig, chunk_size: int) -> torch.Tensor:
-    """Sample responses for left-padded `queries` in chunks; returns (B, response_length), padded after EOS."""
+def generate(
+    lm,
+    queries: dict[str, torch.Tensor],
+    config: GenerationConfig,
+    chunk_size: int,
+    synced_gpus: bool | None = None,
+) -> torch.Tensor:
+    """Sample responses for left-padded `queries` in chunks; returns (B, response_length), padded after EOS.
+
+    `synced_gpus=True` keeps every rank decoding until all have finished: with sharded weights (FSDP, ZeRO-3) each
+    decoding step gathers them collectively, so a rank that stopped early would hang the others. None lets
+    transformers decide (it detects ZeRO-3 and its own FSDP, not Accelerate's FSDP2).
+    """
     pad, eos = config.pad_token_id, config.eos_token_id
     responses = []
     for i in range(0, queries["input_ids"].shape[0], chunk_size):
         input_ids = queries["input_ids"][i : i + chunk_size]
         attention_mask = queries["attention_mask"][i : i + chunk_size]
-        out = lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        out = lm.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            synced_gpus=synced_gpus,
+        )
         response = out[:, input_ids.shape[1] :]
         # Generation stops early when every row has ended; pad to a fixed width so batches line up across ranks.
         response = torch.nn.functional.pad(

@@ -22,10 +22,11 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from pipeline.config import UserError
-from pipeline.ppo import core
+from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, RewardScorer, load_policy, reference_context
 from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
+from pipeline.training import warn_if_engine_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class PPOTrainer:
             log_with=[r for r in args.report_to if r != "none"] or None,
         )
         acc = self.accelerator
+        distributed.check_supported(acc)
+        warn_if_engine_dropped(acc)
+        self.sharded = distributed.is_sharded(acc)  # FSDP / DeepSpeed: saves and checkpoints are collective
+        self.synced_gpus = distributed.synced_generation(acc)
         set_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts them)
         from transformers import AutoTokenizer
 
@@ -102,8 +107,11 @@ class PPOTrainer:
             num_training_steps=self.num_steps,
         )
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        acc.register_for_checkpointing(self.scheduler)  # for save_state, used under FSDP / DeepSpeed
         if self.ref_model is not None:
-            self.ref_model = self.ref_model.to(acc.device)
+            self.ref_model = distributed.place_reference(self.ref_model, acc)
+        if getattr(self.scorer, "model", None) is not None:
+            self.scorer.model = distributed.place_reward_model(self.scorer.model, acc)
         self.kl_ctl = (
             core.AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
             if args.adaptive_kl
@@ -168,7 +176,11 @@ class PPOTrainer:
         queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
         with unwrap_model_for_generation(self.model, acc) as unwrapped:
             responses = generate(
-                unwrapped.lm, queries, self.gen_config, args.local_rollout_forward_batch_size
+                unwrapped.lm,
+                queries,
+                self.gen_config,
+                args.local_rollout_forward_batch_size,
+                self.synced_gpus,
             )
         mask = core.first_eos_mask(responses, tok.eos_token_id)
         input_ids = torch.cat([queries["input_ids"], responses], 1)
@@ -290,7 +302,7 @@ class PPOTrainer:
         args, acc = self.args, self.accelerator
         resume = resolve_resume(args.resume_from_checkpoint, self.output_dir)
         if resume is not None:
-            state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler)
+            state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler, self.sharded)
             self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
             if acc.is_main_process:
                 print(f"Resumed from {resume} at step {self.step} (episode {self.episode}).")
@@ -316,7 +328,7 @@ class PPOTrainer:
                 save_checkpoint(
                     acc, self.output_dir, self.step,
                     {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value},
-                    self.model, self.optimizer, self.scheduler, args.save_total_limit,
+                    self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
                 )  # fmt: skip
         self.save_final()
         acc.end_training()
@@ -348,7 +360,11 @@ class PPOTrainer:
         queries = tokenize_prompts(tok, self.eval_prompts, self.args.max_prompt_length, acc.device)
         with unwrap_model_for_generation(self.model, acc) as unwrapped:
             responses = generate(
-                unwrapped.lm, queries, self.gen_config, self.args.local_rollout_forward_batch_size
+                unwrapped.lm,
+                queries,
+                self.gen_config,
+                self.args.local_rollout_forward_batch_size,
+                self.synced_gpus,
             )
         ended = (responses == tok.eos_token_id).any(1)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
@@ -372,16 +388,22 @@ class PPOTrainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         model = acc.unwrap_model(self.model)
+        # Sharded weights (FSDP, ZeRO-3) are gathered into one full state dict: a collective, every rank joins.
+        full_state = acc.get_state_dict(self.model) if self.sharded else model.state_dict()
         if acc.is_main_process:
             out = self.output_dir
             lm = model.lm
+            lm_state = {k.removeprefix("lm."): v for k, v in full_state.items() if k.startswith("lm.")}
             if hasattr(lm, "peft_config"):
-                lm.save_pretrained(out, selected_adapters=[POLICY])
-                if model.value_adapter:
-                    lm.save_pretrained(out, selected_adapters=[VALUE])  # peft writes it to out/value/
+                lm.save_pretrained(out, selected_adapters=[POLICY], state_dict=lm_state)
+                if model.value_adapter:  # peft writes it to out/value/
+                    lm.save_pretrained(out, selected_adapters=[VALUE], state_dict=lm_state)
             else:
-                lm.save_pretrained(out)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()},
+                lm.save_pretrained(out, state_dict=lm_state)
+            value_head = {
+                k.removeprefix("value_head."): v for k, v in full_state.items() if k.startswith("value_head.")
+            }
+            save_file({k: v.detach().cpu().contiguous() for k, v in value_head.items()},
                       str(out / "value_head.safetensors"))  # fmt: skip
             self.tokenizer.save_pretrained(out)
             if self.args.save_merged:

@@ -4,12 +4,15 @@ Not a test (pytest does not collect it). Run from the repo root, after `make dat
 
     .venv/bin/python -m tests.benchmarks.bench_train
     .venv/bin/python -m tests.benchmarks.bench_train --stages sft --max_steps 100
+    .venv/bin/python -m tests.benchmarks.bench_train --stages sft --processes 2 --threads 1   # DDP, 2 CPU ranks
 
 Each stage runs as users run it (`python -m pipeline.sft --config recipes/tiny/sft.yaml ...`), writing to
 `.bench/runs/` instead of `runs/tiny`, with evaluation, checkpoints and trackers off so the training loop alone
 is timed. Figures come from the trainer's own logs: `train_runtime` and `train_samples_per_second` (the
 transformers Trainer) and `num_tokens` (TRL's count of non-padding tokens seen in training). Where TRL logs no
-`num_tokens`, tokens/s is samples/s times the mean tokenized length of the training split.
+`num_tokens`, tokens/s is samples/s times the mean tokenized length of the training split. With `--processes N`
+the stage runs under `accelerate launch` (recipes/accelerate/multi_cpu.yaml): both figures are then global (the
+Trainer counts the global batch, TRL gathers num_tokens) and peak RSS is the largest single process.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def main(argv=None) -> None:
         description="SFT / reward-model training tokens per second on the tiny recipe"
     )
     p.add_argument("--stages", nargs="+", default=["sft", "reward"], choices=list(STAGES))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads per process")
+    p.add_argument("--processes", type=int, default=1, help=">1: data parallel through accelerate launch")
     p.add_argument("--max_steps", type=int, default=0, help=">0: override the recipe's budget")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--timeout", type=float, default=600)
@@ -102,7 +106,11 @@ def main(argv=None) -> None:
         if not recipe.exists():
             raise SystemExit(f"{recipe} is missing: the {stage} stage is not written yet.")
         out = BENCH_DIR / "runs" / "train" / stage
-        cmd = [str(PROJECT_PYTHON), "-m", STAGES[stage], "--config", str(recipe.relative_to(REPO))]
+        launcher = [str(PROJECT_PYTHON)]
+        if a.processes > 1:
+            launcher = [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
+                        "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(a.processes)]  # fmt: skip
+        cmd = [*launcher, "-m", STAGES[stage], "--config", str(recipe.relative_to(REPO))]
         cmd += [
             "--output_dir",
             str(out),
@@ -129,6 +137,8 @@ def main(argv=None) -> None:
             tok_s = tokens / runtime if tokens and runtime else (sps * per_example if sps else None)
             row = dict(
                 stage=stage,
+                processes=a.processes,
+                threads_per_process=a.threads,
                 train_runtime_s=runtime,
                 samples_per_s=sps,
                 num_tokens=tokens,
@@ -147,17 +157,18 @@ def main(argv=None) -> None:
             raw.append(row)
         runs_of = [r for r in raw if r["stage"] == stage]
         rows.append(
-            [stage, median_of(runs_of, "tokens_per_s"), median_of(runs_of, "samples_per_s"),
+            [stage, f"{a.processes} x {a.threads}", median_of(runs_of, "tokens_per_s"), median_of(runs_of, "samples_per_s"),
              median_of(runs_of, "train_runtime_s"), median_of(runs_of, "wall_s"),
              max(r["peak_rss_mib"] for r in runs_of), runs_of[0]["tokens_source"]]
         )  # fmt: skip
 
     print()
     print(f"Command: `{invocation()}`")
-    print(f"Machine: {machine_description()}; {a.threads} threads")
+    print(f"Machine: {machine_description()}; {a.processes} process(es) x {a.threads} thread(s)")
     print()
     headers = [
         "stage",
+        "processes x threads",
         "tokens/s",
         "samples/s",
         "train_runtime (s)",

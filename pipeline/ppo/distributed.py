@@ -1,0 +1,50 @@
+"""Where PPO's models live under each Accelerate engine: DDP (replicated), DeepSpeed ZeRO and FSDP2 (sharded).
+
+Follows TRL's own online trainers (GRPO): the frozen reference model is sharded like the policy (ZeRO-3 /
+FSDP2); the reward model is sharded under DeepSpeed and replicated otherwise. With sharded weights every rank
+must run the same forward passes, so generation keeps all ranks decoding until the last one finishes.
+"""
+
+from __future__ import annotations
+
+from accelerate.utils import DistributedType
+from torch import nn
+from trl.models.utils import prepare_deepspeed, prepare_fsdp
+
+from pipeline.config import UserError
+
+
+def is_sharded(accelerator) -> bool:
+    """Weights, gradients or optimizer state are split across ranks (checkpoints and saves are collective)."""
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def synced_generation(accelerator) -> bool | None:
+    """`synced_gpus` for generate(): True with sharded weights on several ranks, else transformers' default."""
+    return True if is_sharded(accelerator) and accelerator.num_processes > 1 else None
+
+
+def check_supported(accelerator) -> None:
+    fsdp = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type == DistributedType.FSDP and fsdp is not None and fsdp.fsdp_version != 2:
+        raise UserError(
+            "PPO supports FSDP version 2 only (its forward passes and adapter switching run on the unwrapped "
+            "model, which FSDP1 flattens). Set `fsdp_version: 2` in the Accelerate config "
+            "(recipes/accelerate/fsdp.yaml does)."
+        )
+
+
+def place_reference(model: nn.Module, accelerator) -> nn.Module:
+    """The frozen reference model of full fine-tuning, sharded like the policy under ZeRO-3 / FSDP2."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return prepare_deepspeed(model, accelerator)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return prepare_fsdp(model, accelerator)
+    return model.to(accelerator.device)
+
+
+def place_reward_model(model: nn.Module, accelerator) -> nn.Module:
+    """The frozen reward model: a DeepSpeed inference engine under DeepSpeed, replicated on each device otherwise."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return prepare_deepspeed(model, accelerator)
+    return model
