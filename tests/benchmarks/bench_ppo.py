@@ -257,6 +257,9 @@ def main(argv=None) -> None:
     p.add_argument("--trainers", nargs="+", default=["ours-lora", "ours-full", "trl112"],
                    choices=["ours-lora", "ours-lora-value-adapter", "ours-full", "trl112", "trl112-lora"])  # fmt: skip
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--episodes", type=int, default=0, help=">0: total episodes for every size (more steady-state steps)"
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every trainer (OMP/MKL/torch)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument(
@@ -279,7 +282,7 @@ def main(argv=None) -> None:
     all_rows = []
     for size in a.sizes:
         paths = model_paths(size)
-        settings = SETTINGS[size]
+        settings = dict(SETTINGS[size], **({"total_episodes": a.episodes} if a.episodes else {}))
         params = count_params(paths["params_dir"])
         print(
             f"== {size}: {params / 1e6:.2f}M parameters per model; settings {json.dumps(settings)}",
