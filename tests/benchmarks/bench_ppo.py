@@ -4,6 +4,7 @@ Not a test (pytest does not collect it). Run from the repo root, after `make dat
 
     .venv/bin/python -m tests.benchmarks.bench_ppo                    # both model sizes
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --repeats 2
+    .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --trainers ours-lora --processes 2 --threads 1
 
 Both trainers get the same policy, reward model, prompts and settings (batch, response length, PPO epochs,
 mini-batches, total episodes, temperature, fp32, CPU threads). The reference runs in its own virtualenv
@@ -165,9 +166,14 @@ def ppo_recipe() -> Path:
 
 
 def ours_command(
-    settings: dict, policy: Path, reward: Path, prompts: Path, out: Path, extra: list[str]
+    settings: dict, policy: Path, reward: Path, prompts: Path, out: Path, extra: list[str], processes: int = 1
 ) -> list[str]:
-    args = [str(PROJECT_PYTHON), "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
+    launcher = [str(PROJECT_PYTHON)]
+    # Data parallel: the per-process batch stays, so each PPO step rolls out `processes` times more episodes.
+    if processes > 1:
+        launcher = [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
+                    "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(processes)]  # fmt: skip
+    args = [*launcher, "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
     fields = dict(
         settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
     )
@@ -261,6 +267,9 @@ def main(argv=None) -> None:
         "--episodes", type=int, default=0, help=">0: total episodes for every size (more steady-state steps)"
     )
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every trainer (OMP/MKL/torch)")
+    p.add_argument(
+        "--processes", type=int, default=1, help=">1: our trainers under accelerate launch (DDP on CPU)"
+    )
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument(
         "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
@@ -298,7 +307,7 @@ def main(argv=None) -> None:
                     policy, extra = paths["trl_policy"], a.ours_full_args.split()
                 elif trainer == "ours-lora-value-adapter":
                     extra += ["--value_head", "adapter"]
-                cmd = ours_command(settings, policy, paths["reward"], prompts, out, extra)
+                cmd = ours_command(settings, policy, paths["reward"], prompts, out, extra, a.processes)
                 metrics = out / "metrics.jsonl"
             else:
                 extra = ["--lora_r", "16"] if trainer == "trl112-lora" else []
@@ -338,7 +347,9 @@ def main(argv=None) -> None:
     )  # fmt: skip
     print()
     print(f"Command: `{invocation()}`")
-    print(f"Machine: {machine_description()}; {a.threads} threads per trainer")
+    print(
+        f"Machine: {machine_description()}; {a.threads} threads per process, {a.processes} process(es) for ours"
+    )
     print(f"Import-only baseline peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in baselines.items())}")
     print()
     print(table)
