@@ -152,25 +152,29 @@ def finish_checkpoints(trainer, checkpoints: Path, keep: bool) -> None:
         shutil.rmtree(checkpoints, ignore_errors=True)
 
 
+def is_sharded(accelerator) -> bool:
+    """Weights, gradients or optimizer state are split across ranks (DeepSpeed ZeRO, FSDP): saves are collective."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
 def warn_if_engine_dropped(accelerator) -> None:
     """Say so when a DeepSpeed or FSDP launch config ends up as plain data parallelism.
 
     Accelerate runs neither engine on CPU (`use_cpu`): it falls back to DDP without a word, and a user would
     believe the model is sharded.
     """
-    from accelerate.utils import DistributedType
-
     requested = [
         engine
         for engine, variable in (("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
         if os.environ.get(variable, "false").lower() == "true"
     ]
-    running = accelerator.distributed_type
-    dropped = requested and running not in (DistributedType.DEEPSPEED, DistributedType.FSDP)
-    if dropped and accelerator.is_main_process:
+    if requested and not is_sharded(accelerator) and accelerator.is_main_process:
         print(
-            f"Warning: the Accelerate config asks for {requested[0]}, but this run is {running.value} on "
-            f"{accelerator.device.type}: Accelerate runs {requested[0]} on accelerators only, so the weights "
+            f"Warning: the Accelerate config asks for {requested[0]}, but this run is "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}: Accelerate runs {requested[0]} "
+            "on accelerators only, so the weights "
             "are replicated on every process, not sharded.",
             flush=True,
         )

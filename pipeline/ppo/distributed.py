@@ -12,11 +12,7 @@ from torch import nn
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
 from pipeline.config import UserError
-
-
-def is_sharded(accelerator) -> bool:
-    """Weights, gradients or optimizer state are split across ranks (checkpoints and saves are collective)."""
-    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+from pipeline.training import is_sharded
 
 
 def synced_generation(accelerator) -> bool | None:

@@ -62,6 +62,10 @@ class PolicyWithValueHead(nn.Module):
         # peft's set_adapter() marks only the active adapter trainable; remember who really trains.
         self._lora_grad = {p: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
 
+    def transformers_model(self) -> nn.Module:
+        """The transformers causal LM under the peft wrapper (the LM itself under full fine-tuning)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
     # --- what Accelerate's engines read off a transformers model --------------------------------------------
     @property
     def config(self):
@@ -71,13 +75,12 @@ class PolicyWithValueHead(nn.Module):
     @property
     def _no_split_modules(self) -> list[str] | None:
         """FSDP's transformer auto-wrap shards each decoder layer on its own (not the whole model as one unit)."""
-        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        return getattr(model, "_no_split_modules", None)
+        return getattr(self.transformers_model(), "_no_split_modules", None)
 
     # --- what trl's unwrap_model_for_generation expects of a model (it turns checkpointing off to generate) --
     @property
     def is_gradient_checkpointing(self) -> bool:
-        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        model = self.transformers_model()
         if hasattr(type(model), "is_activation_checkpointing"):  # transformers >= 5.2x renamed it
             return bool(model.is_activation_checkpointing)
         return bool(getattr(model, "is_gradient_checkpointing", False))
@@ -119,7 +122,7 @@ class PolicyWithValueHead(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------------
     def backbone(self) -> nn.Module:
-        model = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        model = self.transformers_model()
         return getattr(model, model.base_model_prefix)
 
     def forward(

@@ -393,16 +393,14 @@ class PPOTrainer:
         if acc.is_main_process:
             out = self.output_dir
             lm = model.lm
-            lm_state = {k.removeprefix("lm."): v for k, v in full_state.items() if k.startswith("lm.")}
+            lm_state = submodule_state(full_state, "lm")
             if hasattr(lm, "peft_config"):
                 lm.save_pretrained(out, selected_adapters=[POLICY], state_dict=lm_state)
                 if model.value_adapter:  # peft writes it to out/value/
                     lm.save_pretrained(out, selected_adapters=[VALUE], state_dict=lm_state)
             else:
                 lm.save_pretrained(out, state_dict=lm_state)
-            value_head = {
-                k.removeprefix("value_head."): v for k, v in full_state.items() if k.startswith("value_head.")
-            }
+            value_head = submodule_state(full_state, "value_head")
             save_file({k: v.detach().cpu().contiguous() for k, v in value_head.items()},
                       str(out / "value_head.safetensors"))  # fmt: skip
             self.tokenizer.save_pretrained(out)
@@ -426,3 +424,9 @@ class PPOTrainer:
             merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
             merged.save_pretrained(merged_dir)
         self.tokenizer.save_pretrained(merged_dir)
+
+
+def submodule_state(state: dict, name: str) -> dict:
+    """The entries of a model's state dict under submodule `name`, keyed as the submodule's own state dict."""
+    prefix = f"{name}."
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}

@@ -36,6 +36,7 @@ from tests.benchmarks.common import (
     bench_env,
     ensure_trl112_venv,
     invocation,
+    launcher,
     machine_description,
     markdown_table,
     run_measured,
@@ -168,12 +169,8 @@ def ppo_recipe() -> Path:
 def ours_command(
     settings: dict, policy: Path, reward: Path, prompts: Path, out: Path, extra: list[str], processes: int = 1
 ) -> list[str]:
-    launcher = [str(PROJECT_PYTHON)]
     # Data parallel: the per-process batch stays, so each PPO step rolls out `processes` times more episodes.
-    if processes > 1:
-        launcher = [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
-                    "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(processes)]  # fmt: skip
-    args = [*launcher, "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
+    args = [*launcher(processes), "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
     fields = dict(
         settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
     )

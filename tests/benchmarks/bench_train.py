@@ -25,11 +25,11 @@ from pathlib import Path
 
 from tests.benchmarks.common import (
     BENCH_DIR,
-    PROJECT_PYTHON,
     REPO,
     bench_env,
     check,
     invocation,
+    launcher,
     machine_description,
     markdown_table,
     run_measured,
@@ -106,11 +106,7 @@ def main(argv=None) -> None:
         if not recipe.exists():
             raise SystemExit(f"{recipe} is missing: the {stage} stage is not written yet.")
         out = BENCH_DIR / "runs" / "train" / stage
-        launcher = [str(PROJECT_PYTHON)]
-        if a.processes > 1:
-            launcher = [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
-                        "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(a.processes)]  # fmt: skip
-        cmd = [*launcher, "-m", STAGES[stage], "--config", str(recipe.relative_to(REPO))]
+        cmd = [*launcher(a.processes), "-m", STAGES[stage], "--config", str(recipe.relative_to(REPO))]
         cmd += [
             "--output_dir",
             str(out),

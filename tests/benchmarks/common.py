@@ -39,6 +39,14 @@ TRL112_PACKAGES = [
 ]
 
 
+def launcher(processes: int) -> list[str]:
+    """How a stage script is started: the project's python, or `accelerate launch` on N CPU ranks (DDP)."""
+    if processes <= 1:
+        return [str(PROJECT_PYTHON)]
+    return [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
+            "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(processes)]  # fmt: skip
+
+
 def bench_env(threads: int) -> dict:
     """Same environment for every measured process: offline, no telemetry, a fixed number of CPU threads."""
     env = dict(os.environ)
