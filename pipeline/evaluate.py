@@ -416,6 +416,7 @@ def main(args=None):
     if state.is_main_process:
         write_outputs(eval_args, result, records)
     state.wait_for_everyone()
+    state.destroy_process_group()  # before exit: a live gloo/NCCL group can abort interpreter shutdown
     return result
 
 

@@ -34,7 +34,7 @@ from pipeline.models import adapter_base_path, is_adapter_dir
 from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
-    finish_checkpoints,
+    finish_training,
     fresh_tmp_dir,
     load_pretrained,
     merge_adapter,
@@ -180,7 +180,7 @@ def main(args=None, callbacks=None):
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter + score head, or model)
-    finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
+    finish_training(trainer, checkpoints, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         if "eval_accuracy" in metrics:
             print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")

@@ -25,7 +25,7 @@ from pipeline.config import UserError, parse_config, run_main
 from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
-    finish_checkpoints,
+    finish_training,
     fresh_tmp_dir,
     load_pretrained,
     merge_adapter,
@@ -159,7 +159,7 @@ def main(args=None, callbacks=None):
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
-    finish_checkpoints(trainer, checkpoints, script_args.keep_checkpoints)
+    finish_training(trainer, checkpoints, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         if "base_eval_loss" in metrics:
             base, tuned = metrics["base_eval_loss"], metrics["eval_loss"]

@@ -146,10 +146,16 @@ def fresh_tmp_dir(final: Path) -> Path:
     return tmp
 
 
-def finish_checkpoints(trainer, checkpoints: Path, keep: bool) -> None:
-    """After a successful final save the checkpoints are only disk space (they exist to resume a crashed run)."""
+def finish_training(trainer, checkpoints: Path, keep: bool) -> None:
+    """The end of a successful run: drop the checkpoints and shut down the process group.
+
+    After the final save the checkpoints are only disk space (they exist to resume a crashed run). A process that
+    exits with its gloo/NCCL group alive can abort at interpreter shutdown ("terminate called without an active
+    exception"), failing a finished run; Accelerate's end_training destroys the group first.
+    """
     if not keep and trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.end_training()
 
 
 def is_sharded(accelerator) -> bool:
