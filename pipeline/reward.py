@@ -117,7 +117,7 @@ def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratc
 
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
     from trl.trainer.utils import get_peft_config
@@ -137,6 +137,9 @@ def main(args=None, callbacks=None):
         model_args.model_name_or_path, model_args, remote_code, checkpoints / "start-model"
     )
 
+    # The score head is new weights drawn from torch's RNG while loading; the Trainer seeds only later, in its own
+    # __init__. Seed first so the same config and data give the same reward model on every run.
+    set_seed(training_args.seed)
     with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
         model = load_pretrained(
             AutoModelForSequenceClassification,

@@ -95,6 +95,30 @@ def test_reward_from_sft_adapter_trains_and_merges(tiny_sft, tiny_data, tmp_path
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
+@pytest.mark.slow
+def test_same_seed_gives_the_same_reward_model(tiny_base, tiny_data, tmp_path):
+    """The new score head is seeded: two runs of one config agree, whatever torch's RNG did before each."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.reward import main
+
+    heads = []
+    for run, unrelated_seed in enumerate((123, 456)):
+        torch.manual_seed(unrelated_seed)  # e.g. another stage run earlier in the same process
+        out = tmp_path / f"rm{run}"
+        main([
+            "--config", str(RECIPE), "--model_name_or_path", str(tiny_base),
+            "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(out), "--disable_tqdm", "true",
+            "--max_steps", "1", "--per_device_train_batch_size", "4",
+        ])  # fmt: skip
+        weights = load_file(out / "adapter" / "adapter_model.safetensors")
+        heads.append({k: v for k, v in weights.items() if "score" in k})
+    assert heads[0], "no score head in the adapter"
+    assert heads[0].keys() == heads[1].keys()
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
 def test_use_margin_false_drops_the_margin_column(tmp_path):
     from datasets import Dataset, DatasetDict
 
