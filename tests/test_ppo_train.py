@@ -139,6 +139,19 @@ def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
     assert_same_final_weights(full, resumed)
 
 
+def test_sample_tables_leave_training_unchanged(tiny_sft, tiny_data, tmp_path):
+    """Sample tables draw on a forked RNG: turning them on changes nothing in training, to the last bit."""
+    from pipeline.ppo import main
+
+    small = ["--total_episodes", "24", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
+             "--num_ppo_epochs", "1", "--response_length", "16"]  # fmt: skip
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "quiet", *small))
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "tables", *small, "--sample_every", "2"))
+    tables = [json.loads(x) for x in (tmp_path / "tables" / "samples.jsonl").read_text().splitlines()]
+    assert sorted({row["step"] for row in tables}) == [2, 3]  # every 2 steps and the last (3 steps of 8)
+    assert_same_final_weights(tmp_path / "quiet", tmp_path / "tables")
+
+
 def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
     tiny_sft, tiny_data, tmp_path, monkeypatch
 ):

@@ -358,14 +358,21 @@ class PPOTrainer:
             return
         tok, acc = self.tokenizer, self.accelerator
         queries = tokenize_prompts(tok, self.eval_prompts, self.args.max_prompt_length, acc.device)
-        with unwrap_model_for_generation(self.model, acc) as unwrapped:
-            responses = generate(
-                unwrapped.lm,
-                queries,
-                self.gen_config,
-                self.args.local_rollout_forward_batch_size,
-                self.synced_gpus,
-            )
+        # Sample on a forked RNG with a fixed seed: every table draws the same way, so tables differ only by what
+        # the policy learnt, and training's own random stream is the same whether tables are on or off.
+        on_cpu = acc.device.type == "cpu"
+        with torch.random.fork_rng(
+            devices=[] if on_cpu else [acc.device], device_type=None if on_cpu else acc.device.type
+        ):
+            torch.manual_seed(self.args.seed)
+            with unwrap_model_for_generation(self.model, acc) as unwrapped:
+                responses = generate(
+                    unwrapped.lm,
+                    queries,
+                    self.gen_config,
+                    self.args.local_rollout_forward_batch_size,
+                    self.synced_gpus,
+                )
         ended = (responses == tok.eos_token_id).any(1)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
         scores = self.scorer(self.eval_prompts, texts, ended.tolist()).tolist()
