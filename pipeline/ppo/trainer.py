@@ -131,8 +131,9 @@ class PPOTrainer:
     def _log_sizes(self) -> None:
         if self.accelerator.is_main_process:
             n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            n_proc = self.accelerator.num_processes
             print(
-                f"PPO: {self.num_steps} steps x {self.batch_size} episodes ({self.accelerator.num_processes} processes, "
+                f"PPO: {self.num_steps} steps x {self.batch_size} episodes ({n_proc} process{'es' if n_proc > 1 else ''}, "
                 f"local batch {self.local_batch_size}), {n_train:,} trainable parameters, value head: {self.args.value_head}"
             )
 
