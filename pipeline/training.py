@@ -180,7 +180,6 @@ def warn_if_engine_dropped(accelerator) -> None:
         print(
             f"Warning: the Accelerate config asks for {requested[0]}, but this run is "
             f"{accelerator.distributed_type.value} on {accelerator.device.type}: Accelerate runs {requested[0]} "
-            "on accelerators only, so the weights "
-            "are replicated on every process, not sharded.",
+            "on accelerators only, so the weights are replicated on every process, not sharded.",
             flush=True,
         )

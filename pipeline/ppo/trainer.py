@@ -426,9 +426,11 @@ class PPOTrainer:
         else:
             # Merge into a fresh full-precision copy of the base: merging into a 4-bit base would be lossy, and
             # the training model still carries the reference and value adapters.
-            base_path = lm.peft_config[POLICY].base_model_name_or_path
-            base = AutoModelForCausalLM.from_pretrained(base_path, dtype=lm.get_base_model().dtype if not
-                                                        getattr(lm.get_base_model(), "is_loaded_in_4bit", False) else torch.bfloat16)  # fmt: skip
+            trained = lm.get_base_model()
+            dtype = torch.bfloat16 if getattr(trained, "is_loaded_in_4bit", False) else trained.dtype
+            base = AutoModelForCausalLM.from_pretrained(
+                lm.peft_config[POLICY].base_model_name_or_path, dtype=dtype
+            )
             merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
             merged.save_pretrained(merged_dir)
         self.tokenizer.save_pretrained(merged_dir)
