@@ -35,11 +35,12 @@ from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
     finish_training,
-    fresh_tmp_dir,
     load_pretrained,
     merge_adapter,
     publish_atomically,
     resolve_resume,
+    save_trained_weights,
+    staging_dir,
     warn_if_engine_dropped,
 )
 
@@ -171,8 +172,13 @@ def main(args=None, callbacks=None):
     if eval_data is not None:  # TRL's running eval metrics; eval_accuracy is recomputed exactly below
         metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
 
+    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
+    save_trained_weights(trainer, tmp / "adapter" if model_args.use_peft else tmp)
     if trainer.is_world_process_zero():
-        tmp = save_reward_model(trainer, tokenizer, final_dir, start, model_args, remote_code)
+        if model_args.use_peft:
+            merge_reward_adapter(tmp, tokenizer, start, model_args, remote_code)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(checkpoints / "start-model", ignore_errors=True)
         if eval_data is not None:  # exact accuracy of the saved model, on every held-out pair
             metrics["eval_accuracy"] = pair_accuracy(
                 str(tmp), eval_data, training_args.per_device_eval_batch_size
@@ -191,26 +197,16 @@ def main(args=None, callbacks=None):
     return metrics
 
 
-def save_reward_model(trainer, tokenizer, final_dir: Path, start: str, model_args, remote_code: bool) -> Path:
-    """Write the plain reward model (+ `adapter/` with LoRA) to a temp dir; the caller renames it into place."""
+def merge_reward_adapter(tmp: Path, tokenizer, start: str, model_args, remote_code: bool) -> None:
+    """The plain reward model at `tmp`: the start model with the LoRA adapter saved in `tmp/adapter` merged in."""
     from transformers import AutoModelForSequenceClassification
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    tmp = fresh_tmp_dir(final_dir)
-    if model_args.use_peft:
-        trainer.save_model(str(tmp / "adapter"))
-        (tmp / "adapter" / "training_args.bin").unlink(missing_ok=True)
-        with suppress_seqcls_warning():
-            model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", start, model_args, remote_code,
-                                  num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
-    else:
-        trainer.save_model(str(tmp))
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(Path(trainer.args.output_dir) / "start-model", ignore_errors=True)
-    return tmp
+    with suppress_seqcls_warning():
+        model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", start, model_args, remote_code,
+                              num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(tmp)
 
 
 def pair_scores(model, tokenizer, prompts, responses, batch_size: int = 32, max_length: int | None = None):

@@ -26,11 +26,12 @@ from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
     finish_training,
-    fresh_tmp_dir,
     load_pretrained,
     merge_adapter,
     publish_atomically,
     resolve_resume,
+    save_trained_weights,
+    staging_dir,
     warn_if_engine_dropped,
 )
 
@@ -154,8 +155,12 @@ def main(args=None, callbacks=None):
     if eval_data is not None:
         metrics.update(trainer.evaluate())
 
+    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
+    save_trained_weights(trainer, tmp)
     if trainer.is_world_process_zero():
-        save_sft(trainer, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics)
+        finish_sft_artifact(
+            tmp, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics
+        )
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
@@ -168,16 +173,14 @@ def main(args=None, callbacks=None):
     return metrics
 
 
-def save_sft(
-    trainer, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict
+def finish_sft_artifact(
+    tmp: Path, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict
 ) -> None:
-    """Adapter (or full model) + tokenizer, optionally a merged plain model, written to a temp dir then renamed."""
+    """Next to the saved adapter (or full model) in `tmp`: tokenizer, optionally a merged plain model, metrics;
+    then `tmp` is renamed to `final_dir`."""
     from transformers import AutoModelForCausalLM
 
-    tmp = fresh_tmp_dir(final_dir)
-    trainer.save_model(str(tmp))
     tokenizer.save_pretrained(tmp)
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
     if merge and model_args.use_peft:
         merged = merge_adapter(
             AutoModelForCausalLM, tmp, model_args.model_name_or_path, model_args, remote_code

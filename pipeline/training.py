@@ -139,23 +139,52 @@ def publish_atomically(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def fresh_tmp_dir(final: Path) -> Path:
+def staging_dir(final: Path, is_main_process: bool) -> Path:
+    """The temp dir an artifact is written to before its rename: same name on every rank, emptied by the main one."""
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     return tmp
+
+
+def save_trained_weights(trainer, directory: Path) -> None:
+    """The trained adapter or model into `directory`. Call it on EVERY rank, the main process writes.
+
+    Under FSDP and ZeRO-3, Trainer.save_model first gathers the sharded weights, a collective: called on the main
+    process alone it waits forever for the others.
+    """
+    trainer.save_model(str(directory))
+    if trainer.is_world_process_zero():
+        (directory / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
 
 
 def finish_training(trainer, checkpoints: Path, keep: bool) -> None:
     """The end of a successful run: drop the checkpoints and shut down the process group.
 
-    After the final save the checkpoints are only disk space (they exist to resume a crashed run). A process that
-    exits with its gloo/NCCL group alive can abort at interpreter shutdown ("terminate called without an active
-    exception"), failing a finished run; Accelerate's end_training destroys the group first.
+    After the final save the checkpoints are only disk space (they exist to resume a crashed run).
     """
     if not keep and trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
-    trainer.accelerator.end_training()
+    trainer.model_wrapped = trainer.model  # the DDP wrapper goes; see end_distributed
+    end_distributed(trainer.accelerator)
+
+
+def end_distributed(accelerator) -> None:
+    """Free the engine wrappers (DDP), then destroy the process group; the caller keeps no wrapper either.
+
+    A process that exits with its gloo/NCCL group alive can abort at interpreter shutdown ("terminate called
+    without an active exception"). And the order matters: DDP's C++ Reducer holds the group, so a group outliving
+    its destroy_process_group() dies with the Reducer, whose destructor joins gloo's worker threads while holding
+    the GIL; a worker still releasing a finished collective needs the GIL, and the process hangs for good
+    (pytorch/pytorch#56297; seen here once in a 2-process test). Freed first, the group dies in
+    destroy_process_group(), which releases the GIL.
+    """
+    import gc
+
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
 
 
 def is_sharded(accelerator) -> bool:

@@ -157,8 +157,8 @@ def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
 ):
     """The sharded-engine path (Accelerate's save_state/load_state, gathered final save), run on one CPU process.
 
-    FSDP and DeepSpeed need accelerators; this drives the same trainer code with the engine check forced on, so
-    only the engines' own sharding is left unexercised here.
+    Accelerate runs DeepSpeed and FSDP on accelerators only; this drives the same trainer code with the engine
+    check forced on. FSDP2's real sharding on CPU is tested in test_fsdp_on_cpu.py; DeepSpeed's is not run here.
     """
     from pipeline.ppo import distributed
 

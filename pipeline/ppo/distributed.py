@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from accelerate.utils import DistributedType
 from torch import nn
+from torch.distributed.fsdp import register_fsdp_forward_method
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
 from pipeline.config import UserError
@@ -28,6 +29,15 @@ def check_supported(accelerator) -> None:
             "model, which FSDP1 flattens). Set `fsdp_version: 2` in the Accelerate config "
             "(recipes/accelerate/fsdp.yaml does)."
         )
+
+
+def register_generate(model: nn.Module) -> None:
+    """Under FSDP2, run the policy's `generate` between the pre- and post-forward hooks that `forward` gets.
+
+    FSDP2 gathers a module's sharded weights only around `forward`; a generate() called on a submodule would meet
+    the root's weights still sharded. Same fix as transformers' Trainer; a no-op for any other engine.
+    """
+    register_fsdp_forward_method(model, "generate")
 
 
 def place_reference(model: nn.Module, accelerator) -> nn.Module:

@@ -59,8 +59,15 @@ class PolicyWithValueHead(nn.Module):
         self.value_head = value_head
         self.value_adapter = value_adapter
         self.ref_adapter = ref_adapter
-        # peft's set_adapter() marks only the active adapter trainable; remember who really trains.
-        self._lora_grad = {p: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
+        # peft's set_adapter() marks only the active adapter trainable; remember who really trains. By name, not
+        # by Parameter object: FSDP2 replaces the parameters with sharded ones when Accelerate prepares the model.
+        self._lora_grad = {n: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        """Sample from the LM head. A method of the root module, not a call to `self.lm.generate`, so that under
+        FSDP2 the root's forward hooks run around it (`distributed.register_generate`): they set FSDP up on first
+        use and gather the weights the root unit holds itself (the final norm, the value head)."""
+        return self.lm.generate(**kwargs)
 
     def transformers_model(self) -> nn.Module:
         """The transformers causal LM under the peft wrapper (the LM itself under full fine-tuning)."""
@@ -76,6 +83,17 @@ class PolicyWithValueHead(nn.Module):
     def _no_split_modules(self) -> list[str] | None:
         """FSDP's transformer auto-wrap shards each decoder layer on its own (not the whole model as one unit)."""
         return getattr(self.transformers_model(), "_no_split_modules", None)
+
+    # Accelerate's FSDP2 prepare moves the model to the meta device and back, which unties tied embeddings unless
+    # it can call tie_weights(); it also gives the embeddings and LM head their own shard unit when it finds them.
+    def tie_weights(self, *args, **kwargs) -> None:
+        self.transformers_model().tie_weights(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.transformers_model().get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.transformers_model().get_output_embeddings()
 
     # --- what trl's unwrap_model_for_generation expects of a model (it turns checkpointing off to generate) --
     @property
@@ -105,8 +123,9 @@ class PolicyWithValueHead(nn.Module):
             self._restore_requires_grad()
 
     def _restore_requires_grad(self) -> None:
-        for p, flag in self._lora_grad.items():
-            p.requires_grad_(flag)
+        for name, param in self.lm.named_parameters():
+            if name in self._lora_grad:
+                param.requires_grad_(self._lora_grad[name])
 
     @contextmanager
     def reference(self) -> Iterator[None]:

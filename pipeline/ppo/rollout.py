@@ -36,7 +36,7 @@ def tokenize_prompts(
 
 @torch.no_grad()
 def generate(
-    lm,
+    policy,
     queries: dict[str, torch.Tensor],
     config: GenerationConfig,
     chunk_size: int,
@@ -53,7 +53,7 @@ def generate(
     for i in range(0, queries["input_ids"].shape[0], chunk_size):
         input_ids = queries["input_ids"][i : i + chunk_size]
         attention_mask = queries["attention_mask"][i : i + chunk_size]
-        out = lm.generate(
+        out = policy.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             generation_config=config,

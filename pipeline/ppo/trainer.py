@@ -26,7 +26,7 @@ from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, RewardScorer, load_policy, reference_context
 from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
-from pipeline.training import warn_if_engine_dropped
+from pipeline.training import end_distributed, warn_if_engine_dropped
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class PPOTrainer:
             num_training_steps=self.num_steps,
         )
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        distributed.register_generate(self.model)
         acc.register_for_checkpointing(self.scheduler)  # for save_state, used under FSDP / DeepSpeed
         if self.ref_model is not None:
             self.ref_model = distributed.place_reference(self.ref_model, acc)
@@ -177,7 +178,7 @@ class PPOTrainer:
         queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
         with unwrap_model_for_generation(self.model, acc) as unwrapped:
             responses = generate(
-                unwrapped.lm,
+                unwrapped,
                 queries,
                 self.gen_config,
                 args.local_rollout_forward_batch_size,
@@ -332,7 +333,8 @@ class PPOTrainer:
                     self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
                 )  # fmt: skip
         self.save_final()
-        acc.end_training()
+        self.model = acc.unwrap_model(self.model)  # the DDP wrapper goes before the process group
+        end_distributed(acc)
 
     def _log(self, metrics: dict) -> None:
         acc = self.accelerator
@@ -368,7 +370,7 @@ class PPOTrainer:
             torch.manual_seed(self.args.seed)
             with unwrap_model_for_generation(self.model, acc) as unwrapped:
                 responses = generate(
-                    unwrapped.lm,
+                    unwrapped,
                     queries,
                     self.gen_config,
                     self.args.local_rollout_forward_batch_size,
@@ -399,6 +401,7 @@ class PPOTrainer:
         # Sharded weights (FSDP, ZeRO-3) are gathered into one full state dict: a collective, every rank joins.
         full_state = acc.get_state_dict(self.model) if self.sharded else model.state_dict()
         if acc.is_main_process:
+            retie_shared(full_state, model)
             out = self.output_dir
             lm = model.lm
             lm_state = submodule_state(full_state, "lm")
@@ -413,16 +416,16 @@ class PPOTrainer:
                       str(out / "value_head.safetensors"))  # fmt: skip
             self.tokenizer.save_pretrained(out)
             if self.args.save_merged:
-                self._save_merged(lm, out / "merged")
+                self._save_merged(lm, lm_state, out / "merged")
             print(f"Saved the PPO policy to {out}")
         acc.wait_for_everyone()
 
-    def _save_merged(self, lm, merged_dir: Path) -> None:
+    def _save_merged(self, lm, lm_state: dict, merged_dir: Path) -> None:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         if not hasattr(lm, "peft_config"):
-            lm.save_pretrained(merged_dir)
+            lm.save_pretrained(merged_dir, state_dict=lm_state)
         else:
             # Merge into a fresh full-precision copy of the base: merging into a 4-bit base would be lossy, and
             # the training model still carries the reference and value adapters.
@@ -434,6 +437,17 @@ class PPOTrainer:
             merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
             merged.save_pretrained(merged_dir)
         self.tokenizer.save_pretrained(merged_dir)
+
+
+def retie_shared(state: dict, model: torch.nn.Module) -> None:
+    """Names that share one parameter (tied embeddings) share one tensor again, so save_pretrained writes it once.
+
+    A gathered state dict (FSDP, ZeRO-3) holds a separate copy under each name; `model.state_dict()` does not.
+    """
+    first_name: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in state:
+            state[name] = state[first_name.setdefault(id(param), name)]
 
 
 def submodule_state(state: dict, name: str) -> dict:
