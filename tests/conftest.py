@@ -8,6 +8,7 @@ while developing (stages whose output already exists there are not rebuilt); CI 
 from __future__ import annotations
 
 import os
+import sys
 
 # Before anything imports huggingface_hub: never touch the network, never send telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -22,6 +23,7 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny"
+ACCELERATE = Path(sys.executable).with_name("accelerate")  # the venv's launcher, for multi-process tests
 SHARED_DATA = Path(os.environ.get("RLHF_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import RECIPE, REPO
+from tests.conftest import ACCELERATE, RECIPE, REPO
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 LAUNCH_CONFIG = {"ddp": "multi_cpu.yaml", "fsdp2": "fsdp.yaml"}
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RECIPE, REPO
+from tests.conftest import ACCELERATE, RECIPE, REPO
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 def launch_two_ranks(stage: str, yaml_name: str, overrides: list[str], probe_dir: Path) -> None:
