@@ -40,11 +40,12 @@ help:
 
 all: data base sft reward ppo eval
 
+# DeepSpeed is installed with the dev tools: the tests run ZeRO-2/3 for real on CPU processes.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -38,10 +38,10 @@ from pipeline.training import (
     load_pretrained,
     merge_adapter,
     publish_atomically,
+    report_engine,
     resolve_resume,
     save_trained_weights,
     staging_dir,
-    warn_if_engine_dropped,
 )
 
 
@@ -162,7 +162,7 @@ def main(args=None, callbacks=None):
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
     )
-    warn_if_engine_dropped(trainer.accelerator)
+    report_engine(trainer.accelerator)
     train_result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(train_result.metrics)
     metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(

@@ -157,6 +157,16 @@ def save_trained_weights(trainer, directory: Path) -> None:
     trainer.save_model(str(directory))
     if trainer.is_world_process_zero():
         (directory / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
+    local_loading_from_now_on()
+
+
+def local_loading_from_now_on() -> None:
+    """After the final save: later from_pretrained calls (merging, scoring) run on the main process alone, so they
+    must load plain weights, not partition them across ranks as every load does under ZeRO-3 (a collective that
+    would wait forever for the other ranks)."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def finish_training(trainer, checkpoints: Path, keep: bool) -> None:
@@ -194,21 +204,33 @@ def is_sharded(accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
-def warn_if_engine_dropped(accelerator) -> None:
-    """Say so when a DeepSpeed or FSDP launch config ends up as plain data parallelism.
+def report_engine(accelerator) -> None:
+    """One line on the main process naming the engine that runs the stage when it is distributed, and a warning
+    when the launch config asked for DeepSpeed or FSDP but Accelerate did not start it.
 
-    Accelerate runs neither engine on CPU (`use_cpu`): it falls back to DDP without a word, and a user would
-    believe the model is sharded.
+    Accelerate runs FSDP on accelerators only: on CPU it falls back to DDP without a word, and a user would
+    believe the model is sharded. (DeepSpeed does run on CPU processes, through its CPU accelerator and gloo.)
     """
+    from accelerate.utils import DistributedType
+
+    if not accelerator.is_main_process:
+        return
+    running = accelerator.distributed_type
+    if running != DistributedType.NO:
+        name = running.value
+        if running == DistributedType.DEEPSPEED:
+            name += f" ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+        n = accelerator.num_processes
+        print(f"Engine: {name}, {n} process{'es' if n > 1 else ''} on {accelerator.device.type}", flush=True)
     requested = [
         engine
         for engine, variable in (("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
         if os.environ.get(variable, "false").lower() == "true"
     ]
-    if requested and not is_sharded(accelerator) and accelerator.is_main_process:
+    if requested and not is_sharded(accelerator):
         print(
             f"Warning: the Accelerate config asks for {requested[0]}, but this run is "
-            f"{accelerator.distributed_type.value} on {accelerator.device.type}: Accelerate runs {requested[0]} "
-            "on accelerators only, so the weights are replicated on every process, not sharded.",
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}: Accelerate did not start "
+            f"{requested[0]}, so the weights are replicated on every process, not sharded.",
             flush=True,
         )

@@ -157,8 +157,8 @@ def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
 ):
     """The sharded-engine path (Accelerate's save_state/load_state, gathered final save), run on one CPU process.
 
-    Accelerate runs DeepSpeed and FSDP on accelerators only; this drives the same trainer code with the engine
-    check forced on. FSDP2's real sharding on CPU is tested in test_fsdp_on_cpu.py; DeepSpeed's is not run here.
+    Drives the same trainer code with the engine check forced on, in one process and without launching an engine
+    (a fast test); the engines themselves run in test_sharded_engines.py.
     """
     from pipeline.ppo import distributed
 

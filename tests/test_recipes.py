@@ -116,16 +116,17 @@ def test_accelerate_configs_cover_every_engine():
 
 @pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
 def test_sharding_config_on_cpu_warns_that_weights_are_replicated(engine, monkeypatch, capsys):
-    """Accelerate silently runs DDP when a DeepSpeed/FSDP launch config meets a CPU run; the stages say so."""
+    """Accelerate silently runs DDP when an FSDP launch config meets a CPU run (or DeepSpeed meets cpu=True); the
+    stages say so instead of letting the user believe the weights are sharded."""
     from accelerate import Accelerator
 
-    from pipeline.training import warn_if_engine_dropped
+    from pipeline.training import report_engine
 
     accelerator = Accelerator(cpu=True)
-    warn_if_engine_dropped(accelerator)
+    report_engine(accelerator)
     assert capsys.readouterr().out == ""
 
     monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what `accelerate launch` sets from the config
-    warn_if_engine_dropped(accelerator)
+    report_engine(accelerator)
     out = capsys.readouterr().out
     assert "Warning" in out and "not sharded" in out and ("FSDP" if engine == "FSDP" else "DeepSpeed") in out

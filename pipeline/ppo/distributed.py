@@ -2,7 +2,8 @@
 
 Follows TRL's own online trainers (GRPO): the frozen reference model is sharded like the policy (ZeRO-3 /
 FSDP2); the reward model is sharded under DeepSpeed and replicated otherwise. With sharded weights every rank
-must run the same forward passes, so generation keeps all ranks decoding until the last one finishes.
+must run the same forward passes, so generation keeps all ranks decoding until the last one finishes. DeepSpeed
+takes its batch sizes and gradient clipping from the PPO config.
 """
 
 from __future__ import annotations
@@ -28,6 +29,39 @@ def check_supported(accelerator) -> None:
             "PPO supports FSDP version 2 only (its forward passes and adapter switching run on the unwrapped "
             "model, which FSDP1 flattens). Set `fsdp_version: 2` in the Accelerate config "
             "(recipes/accelerate/fsdp.yaml does)."
+        )
+
+
+def configure_engine(accelerator, args) -> None:
+    """Fill the DeepSpeed config's "auto" batch sizes, accumulation and gradient clipping from the PPO config, as
+    transformers' Trainer does for its stages; refuse values that disagree. Accelerate would read the batch size
+    off a dataloader (PPO's batches come from rollouts) and clip at 1.0 whatever max_grad_norm says. A no-op for
+    any other engine."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    wanted = {  # DeepSpeed key: (PPO's value, where it comes from)
+        "train_micro_batch_size_per_gpu": (micro, "per_device_train_batch_size"),
+        "gradient_accumulation_steps": (accumulation, "gradient_accumulation_steps"),
+        "train_batch_size": (
+            micro * accumulation * accelerator.num_processes,
+            "per_device_train_batch_size x gradient_accumulation_steps x processes",
+        ),
+        "gradient_clipping": (args.max_grad_norm, "max_grad_norm"),
+    }
+    config = accelerator.state.deepspeed_plugin.deepspeed_config  # the four keys are all top-level
+    mismatches = []
+    for key, (value, source) in wanted.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+        elif config[key] != value:
+            mismatches.append(
+                f"  {key} is {config[key]} in the DeepSpeed config; PPO's {source} gives {value}"
+            )
+    if mismatches:
+        fix = 'Set these to "auto" in the DeepSpeed config (PPO fills them in) or change the PPO config to match.'
+        raise UserError(
+            "The DeepSpeed config disagrees with the PPO config:\n" + "\n".join([*mismatches, fix])
         )
 
 

@@ -26,7 +26,7 @@ from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, RewardScorer, load_policy, reference_context
 from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
-from pipeline.training import end_distributed, warn_if_engine_dropped
+from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,18 @@ def load_prompts(path: str | None, field: str) -> list[str]:
 class PPOTrainer:
     def __init__(self, args, model_args):
         self.args = args
+        # The process group as transformers' Trainer starts it for the SFT and reward stages (reading args.device
+        # does it: gloo when use_cpu), then the engine the launch config asks for; DeepSpeed runs on CPU too.
+        _ = args.device
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            cpu=args.use_cpu,
+            deepspeed_plugin=args.deepspeed_plugin,
             mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
             log_with=[r for r in args.report_to if r != "none"] or None,
         )
         acc = self.accelerator
         distributed.check_supported(acc)
-        warn_if_engine_dropped(acc)
+        report_engine(acc)
         self.sharded = distributed.is_sharded(acc)  # FSDP / DeepSpeed: saves and checkpoints are collective
         self.synced_gpus = distributed.synced_generation(acc)
         set_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts them)
@@ -106,6 +109,7 @@ class PPOTrainer:
             num_warmup_steps=args.get_warmup_steps(self.num_steps),
             num_training_steps=self.num_steps,
         )
+        distributed.configure_engine(acc, args)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         distributed.register_generate(self.model)
         acc.register_for_checkpointing(self.scheduler)  # for save_state, used under FSDP / DeepSpeed
@@ -131,7 +135,9 @@ class PPOTrainer:
 
     def _log_sizes(self) -> None:
         if self.accelerator.is_main_process:
-            n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            n_train = sum(
+                getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad
+            )
             n_proc = self.accelerator.num_processes
             print(
                 f"PPO: {self.num_steps} steps x {self.batch_size} episodes ({n_proc} process{'es' if n_proc > 1 else ''}, "
@@ -400,6 +406,7 @@ class PPOTrainer:
         model = acc.unwrap_model(self.model)
         # Sharded weights (FSDP, ZeRO-3) are gathered into one full state dict: a collective, every rank joins.
         full_state = acc.get_state_dict(self.model) if self.sharded else model.state_dict()
+        local_loading_from_now_on()  # the merged model below is loaded on the main process alone
         if acc.is_main_process:
             retie_shared(full_state, model)
             out = self.output_dir

@@ -5,6 +5,8 @@ Not a test (pytest does not collect it). Run from the repo root, after `make dat
     .venv/bin/python -m tests.benchmarks.bench_ppo                    # both model sizes
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --repeats 2
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --trainers ours-lora --processes 2 --threads 1
+    .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --trainers ours-lora --processes 2 --threads 1 \
+        --engine zero3   # or zero2, zero3_offload, fsdp2 (through tests/fsdp_on_cpu.py): CPU figures only
 
 Both trainers get the same policy, reward model, prompts and settings (batch, response length, PPO epochs,
 mini-batches, total episodes, temperature, fp32, CPU threads). The reference runs in its own virtualenv
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from tests.benchmarks.common import (
     BENCH_DIR,
+    ENGINE_CONFIGS,
     PROJECT_PYTHON,
     REPO,
     baseline_rss_mib,
@@ -167,10 +170,18 @@ def ppo_recipe() -> Path:
 
 
 def ours_command(
-    settings: dict, policy: Path, reward: Path, prompts: Path, out: Path, extra: list[str], processes: int = 1
+    settings: dict,
+    policy: Path,
+    reward: Path,
+    prompts: Path,
+    out: Path,
+    extra: list[str],
+    processes: int = 1,
+    engine: str = "ddp",
 ) -> list[str]:
     # Data parallel: the per-process batch stays, so each PPO step rolls out `processes` times more episodes.
-    args = [*launcher(processes), "-m", "pipeline.ppo", "--config", str(ppo_recipe())]
+    module = ["pipeline.ppo"] if engine == "fsdp2" and processes > 1 else ["-m", "pipeline.ppo"]
+    args = [*launcher(processes, engine), *module, "--config", str(ppo_recipe())]
     fields = dict(
         settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
     )
@@ -267,6 +278,9 @@ def main(argv=None) -> None:
     p.add_argument(
         "--processes", type=int, default=1, help=">1: our trainers under accelerate launch (DDP on CPU)"
     )
+    p.add_argument(
+        "--engine", default="ddp", choices=list(ENGINE_CONFIGS), help="with --processes >1: the launch config"
+    )
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument(
         "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
@@ -304,7 +318,9 @@ def main(argv=None) -> None:
                     policy, extra = paths["trl_policy"], a.ours_full_args.split()
                 elif trainer == "ours-lora-value-adapter":
                     extra += ["--value_head", "adapter"]
-                cmd = ours_command(settings, policy, paths["reward"], prompts, out, extra, a.processes)
+                cmd = ours_command(
+                    settings, policy, paths["reward"], prompts, out, extra, a.processes, a.engine
+                )
                 metrics = out / "metrics.jsonl"
             else:
                 extra = ["--lora_r", "16"] if trainer == "trl112-lora" else []
@@ -346,6 +362,7 @@ def main(argv=None) -> None:
     print(f"Command: `{invocation()}`")
     print(
         f"Machine: {machine_description()}; {a.threads} threads per process, {a.processes} process(es) for ours"
+        + (f" ({a.engine})" if a.processes > 1 else "")
     )
     print(f"Import-only baseline peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in baselines.items())}")
     print()

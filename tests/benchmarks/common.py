@@ -39,12 +39,24 @@ TRL112_PACKAGES = [
 ]
 
 
-def launcher(processes: int) -> list[str]:
-    """How a stage script is started: the project's python, or `accelerate launch` on N CPU ranks (DDP)."""
+# Launch configs for several CPU processes; FSDP2 runs on CPU only through the test shim (tests/fsdp_on_cpu.py).
+ENGINE_CONFIGS = {
+    "ddp": "multi_cpu.yaml",
+    "zero2": "zero2.yaml",
+    "zero3": "zero3.yaml",
+    "zero3_offload": "zero3_offload.yaml",
+    "fsdp2": "fsdp.yaml",
+}
+
+
+def launcher(processes: int, engine: str = "ddp") -> list[str]:
+    """How a stage script is started, up to its `-m module`: the project's python, or `accelerate launch` on N
+    CPU ranks under an engine (fp32, as the single-process runs)."""
     if processes <= 1:
         return [str(PROJECT_PYTHON)]
     return [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
-            "recipes/accelerate/multi_cpu.yaml", "--num_processes", str(processes)]  # fmt: skip
+            f"recipes/accelerate/{ENGINE_CONFIGS[engine]}", "--num_processes", str(processes),
+            "--mixed_precision", "no", *(["-m", "tests.fsdp_on_cpu"] if engine == "fsdp2" else [])]  # fmt: skip
 
 
 def bench_env(threads: int) -> dict:
