@@ -86,7 +86,7 @@ def save_checkpoint(
 
     Replicated models (one process, DDP) store only the trainable weights. Sharded ones (FSDP, DeepSpeed) hold
     a slice of the weights and optimizer state on each rank: Accelerate's save_state writes them in the engine's
-    own format (with the scheduler, registered by the trainer, and every rank's RNG).
+    own format (with every rank's RNG); the scheduler is ours in both cases.
     """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
@@ -101,8 +101,9 @@ def save_checkpoint(
         if accelerator.is_main_process:
             save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if accelerator.is_main_process:
+        # The scheduler is saved here, not by save_state: Accelerate unpickles registered objects in full.
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -129,6 +130,7 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, sharde
             f"Checkpoint {path} was written {'without' if replicated_format else 'under'} FSDP/DeepSpeed: "
             "resume it with the Accelerate config it was written with."
         )
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     if sharded:
         accelerator.load_state(str(path))
         return json.loads((path / STATE_FILE).read_text())
@@ -144,7 +146,6 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, sharde
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng_state_{accelerator.process_index}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

@@ -112,7 +112,6 @@ class PPOTrainer:
         distributed.configure_engine(acc, args)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         distributed.register_generate(self.model)
-        acc.register_for_checkpointing(self.scheduler)  # for save_state, used under FSDP / DeepSpeed
         if self.ref_model is not None:
             self.ref_model = distributed.place_reference(self.ref_model, acc)
         if getattr(self.scorer, "model", None) is not None:
