@@ -20,16 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.benchmarks.common import ENGINE_CONFIGS
 from tests.conftest import ACCELERATE, RECIPE, REPO
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-LAUNCH_CONFIG = {
-    "ddp": "multi_cpu.yaml",
-    "fsdp2": "fsdp.yaml",
-    "zero2": "zero2.yaml",
-    "zero3": "zero3.yaml",
-    "zero3_offload": "zero3_offload.yaml",
-}
 ENGINE_LINE = {  # what the stage prints on start: proof that Accelerate really started the engine
     "ddp": "Engine: MULTI_CPU, 2 processes",
     "fsdp2": "Engine: FSDP, 2 processes",
@@ -44,7 +38,7 @@ def launch(engine: str, stage: str, yaml_name: str, out: Path, *overrides: str) 
     """`accelerate launch` a stage on 2 CPU processes; returns its stdout."""
     runner = ["-m", "tests.fsdp_on_cpu", stage] if engine == "fsdp2" else ["-m", stage]
     command = [
-        str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes/accelerate" / LAUNCH_CONFIG[engine]),
+        str(ACCELERATE), "launch", "--config_file", str(REPO / "recipes/accelerate" / ENGINE_CONFIGS[engine]),
         "--num_processes", "2", "--mixed_precision", "no", *runner,
         "--config", str(RECIPE / yaml_name), "--output_dir", str(out), *overrides,
     ]  # fmt: skip

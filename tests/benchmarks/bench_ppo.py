@@ -180,8 +180,7 @@ def ours_command(
     engine: str = "ddp",
 ) -> list[str]:
     # Data parallel: the per-process batch stays, so each PPO step rolls out `processes` times more episodes.
-    module = ["pipeline.ppo"] if engine == "fsdp2" and processes > 1 else ["-m", "pipeline.ppo"]
-    args = [*launcher(processes, engine), *module, "--config", str(ppo_recipe())]
+    args = [*launcher("pipeline.ppo", processes, engine), "--config", str(ppo_recipe())]
     fields = dict(
         settings, sft_model_path=policy, reward_model_path=reward, prompts_path=prompts, output_dir=out
     )

@@ -106,7 +106,7 @@ def main(argv=None) -> None:
         if not recipe.exists():
             raise SystemExit(f"{recipe} is missing: the {stage} stage is not written yet.")
         out = BENCH_DIR / "runs" / "train" / stage
-        cmd = [*launcher(a.processes), "-m", STAGES[stage], "--config", str(recipe.relative_to(REPO))]
+        cmd = [*launcher(STAGES[stage], a.processes), "--config", str(recipe.relative_to(REPO))]
         cmd += [
             "--output_dir",
             str(out),

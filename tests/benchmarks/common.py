@@ -49,14 +49,15 @@ ENGINE_CONFIGS = {
 }
 
 
-def launcher(processes: int, engine: str = "ddp") -> list[str]:
-    """How a stage script is started, up to its `-m module`: the project's python, or `accelerate launch` on N
-    CPU ranks under an engine (fp32, as the single-process runs)."""
+def launcher(module: str, processes: int = 1, engine: str = "ddp") -> list[str]:
+    """The command that runs `python -m module`: the project's python, or `accelerate launch` on N CPU ranks
+    under an engine (fp32, as the single-process runs)."""
     if processes <= 1:
-        return [str(PROJECT_PYTHON)]
+        return [str(PROJECT_PYTHON), "-m", module]
+    runner = ["-m", "tests.fsdp_on_cpu", module] if engine == "fsdp2" else ["-m", module]
     return [str(PROJECT_PYTHON.with_name("accelerate")), "launch", "--config_file",
             f"recipes/accelerate/{ENGINE_CONFIGS[engine]}", "--num_processes", str(processes),
-            "--mixed_precision", "no", *(["-m", "tests.fsdp_on_cpu"] if engine == "fsdp2" else [])]  # fmt: skip
+            "--mixed_precision", "no", *runner]  # fmt: skip
 
 
 def bench_env(threads: int) -> dict:
