@@ -33,7 +33,7 @@ else
 LAUNCH := $(PY) -m
 endif
 
-.PHONY: all setup test test-fast lint format data base sft reward ppo eval push bench clean help
+.PHONY: all setup test test-kernels test-fast lint format data base sft reward ppo eval push bench clean help
 
 help:
 	@sed -n '1,5p' Makefile
@@ -45,13 +45,25 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,trackers]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# The learning tests run a second time under PyTorch's portable kernels (ATEN_CPU_CAPABILITY=default) when this
+# machine's own are vectorised: another machine's arithmetic, so a threshold that holds on one kernel set only
+# fails here instead of on a newcomer's machine. `make test-kernels` runs the whole matrix (BENCHMARKS.md).
+TEST_ENV = CI=$${CI:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 test: setup
-	CI=$${CI:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest tests $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest tests $(PYTEST_ARGS)
+	@if [ "$$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')" != DEFAULT ]; then \
+	  echo "--- the learning tests again under ATEN_CPU_CAPABILITY=default ---"; \
+	  $(TEST_ENV) ATEN_CPU_CAPABILITY=default $(BIN)/pytest tests -m learning $(PYTEST_ARGS); \
+	fi
+
+# Learning tests under every kernel set the CPU has x seeds 0-2 (x threads with ARGS="--threads 1 2").
+test-kernels: setup
+	$(PY) -m tests.benchmarks.bench_learning $(ARGS)
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest tests -m "not slow and not multiprocess" $(PYTEST_ARGS)

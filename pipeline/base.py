@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import UserError, parse_config, run_main
+from pipeline.tracking import TrackerCallback
 
 # HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
 # prompt/completion data render identically. `{% generation %}` marks assistant tokens for assistant-only loss.
@@ -125,6 +126,7 @@ def main(args=None):
     from transformers import DataCollatorForLanguageModeling, GenerationConfig, Trainer, set_seed
 
     model_args, training_args = parse_config(CONFIG_TYPES, args)
+    tracker = TrackerCallback("base", training_args.output_dir, training_args, model_args)
     set_seed(training_args.seed)
 
     corpus = load_corpus(model_args.corpus_path).shuffle(seed=training_args.seed)
@@ -148,9 +150,11 @@ def main(args=None):
         eval_dataset=splits["test"],
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
+        callbacks=[tracker],
     )
     trainer.train()
     metrics = trainer.evaluate()
+    tracker.finish()
     metrics["uniform_baseline_loss"] = math.log(len(tokenizer))
     metrics["num_parameters"] = model.num_parameters()
 

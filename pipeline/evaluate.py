@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import tracking
 from pipeline.config import UserError, parse_config, run_main
 
 
@@ -50,12 +51,20 @@ class EvalArguments:
     )
     max_new_tokens: int = 48
     temperature: float = 0.7
-    top_k: int | None = None
+    top_k: int | None = None  # refused unless neutral, as for PPO (README, "How PPO samples")
     top_p: float = 1.0
     max_prompt_length: int = 512
     batch_size: int = field(default=32, metadata={"help": "per-process batch for generation and scoring"})
     seed: int = 0
     num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
+    # As in TrainingArguments (pipeline/tracking.py): the figures go to the PPO stage's tracker run when it has one.
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "tensorboard, trackio, wandb (comma-separated), all or none"}
+    )
+    run_name: str | None = field(
+        default=None, metadata={"help": "tracker run name if PPO left none to continue"}
+    )
+    project: str = field(default="huggingface", metadata={"help": "tracker project if PPO left none"})
 
     def __post_init__(self):
         run = Path(self.run_dir)
@@ -66,6 +75,9 @@ class EvalArguments:
         self.preference_path = self.preference_path or str(run / "data" / "preference")
         if self.temperature <= 0:
             raise UserError("temperature must be > 0: the policies are compared on sampled answers.")
+        from pipeline.ppo.rollout import check_untruncated
+
+        check_untruncated(self.top_k, self.top_p, "Evaluation, like PPO,")
 
 
 def _model_config_type():
@@ -137,29 +149,28 @@ def load_policy(path: str, model_args, device):
     return model.eval().requires_grad_(False)
 
 
-def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int):
+def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int, name: str = "evaluation"):
     """Prompt batches and sampled responses (token ids, padded after EOS), batched with left padding.
 
-    Reuses the PPO stage's rollout code, so eval samples exactly as training did.
+    Reuses the PPO stage's rollout code, so eval samples exactly as training did: from our settings alone.
     """
     from types import SimpleNamespace
 
     from transformers import set_seed
 
-    from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
+    from pipeline.ppo import rollout
 
-    sampling = SimpleNamespace(
-        response_length=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
-    )
-    config = generation_config(sampling, tokenizer)
+    sampling = SimpleNamespace(response_length=args.max_new_tokens, temperature=args.temperature)
+    config = rollout.generation_config(sampling, tokenizer)
+    log(rollout.sampling_summary(name, config, rollout.set_aside(model, config)))
     set_seed(seed)
     queries, responses = [], []
     for i in range(0, len(prompts), args.batch_size):
-        batch = tokenize_prompts(
+        batch = rollout.tokenize_prompts(
             tokenizer, prompts[i : i + args.batch_size], args.max_prompt_length, model.device
         )
         queries.append(batch)
-        responses.append(generate(model, batch, config, args.batch_size))
+        responses.append(rollout.generate(model, batch, config, args.batch_size))
     return queries, responses
 
 
@@ -175,10 +186,12 @@ def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
     import torch
     from trl.trainer.utils import selective_log_softmax
 
+    from pipeline.ppo.models import position_ids_from_mask
+
     input_ids = torch.cat([query["input_ids"], responses], dim=1)
     attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
-    # Left padding: positions must count real tokens only, as in generation.
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    # Left padding: positions must count real tokens only, as in generation and in PPO's forwards.
+    position_ids = position_ids_from_mask(attention_mask)
     # Only the positions that predict response tokens: big vocabularies make full-sequence logits costly.
     keep = responses.shape[1] + 1
     with torch.no_grad():
@@ -207,12 +220,13 @@ class RewardModel:
     ended, as the reward stage trained on it)."""
 
     def __init__(self, path: str, model_args, device, batch_size: int):
-        from pipeline.models import load_reward_model, load_tokenizer
+        from pipeline.models import load_reward_model, load_tokenizer, use_distinct_pad
 
         self.tokenizer = load_tokenizer(path)
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"  # the score is read at the end: never cut the answer off
         self.model = load_reward_model(path, model_args).eval().requires_grad_(False)
+        use_distinct_pad(self.model, self.tokenizer)  # the score is read at the EOS of a finished answer
         if not (model_args.load_in_4bit or model_args.load_in_8bit):
             self.model.to(device)
         self.batch_size = batch_size
@@ -250,13 +264,13 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
 
     log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
     sft = load_policy(args.sft_model_path, model_args, device)
-    queries, responses = sample(sft, tokenizer, prompts, args, seed)
+    queries, responses = sample(sft, tokenizer, prompts, args, seed, "the SFT policy")
     _store(records, "sft", tokenizer, responses)
     del responses
 
     log(f"sampling from the PPO policy {args.ppo_model_path}")
     ppo = load_policy(args.ppo_model_path, model_args, device)
-    queries, responses = sample(ppo, tokenizer, prompts, args, seed)
+    queries, responses = sample(ppo, tokenizer, prompts, args, seed, "the PPO policy")
     _store(records, "ppo", tokenizer, responses)
     log("KL of PPO from SFT on PPO's answers")
     i = 0
@@ -391,6 +405,7 @@ def main(args=None):
     from accelerate.utils import gather_object
 
     eval_args, model_args = parse_config(CONFIG_TYPES, args)
+    trackers = tracking.trackers(eval_args.report_to)
     check_inputs(eval_args)
     labeler = load_callable(eval_args.labeler) if eval_args.labeler else None
     prompts, pairs = load_inputs(eval_args)
@@ -414,25 +429,52 @@ def main(args=None):
 
     result = summarize(records, margins, eval_args, state.num_processes)
     if state.is_main_process:
-        write_outputs(eval_args, result, records)
+        write_outputs(eval_args, result, records, trackers)
     state.wait_for_everyone()
     state.destroy_process_group()  # before exit: a live gloo/NCCL group can abort interpreter shutdown
     return result
 
 
-def write_outputs(args: EvalArguments, result: dict, records: list[dict]) -> None:
+def write_outputs(args: EvalArguments, result: dict, records: list[dict], trackers: list[str] = ()) -> None:
     from pipeline.report import write_report
 
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    ppo_run = tracking.read_identity(Path(args.ppo_model_path) / tracking.IDENTITY_FILE)
+    config = {f"eval/{k}": v for k, v in tracking.public_config(args).items()}
+    tracker = tracking.start(trackers, "eval", run, args, config, ppo_run)
     (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     with open(run / "eval_samples.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     report = write_report(
-        run, result, records, Path(args.ppo_model_path) / "metrics.jsonl", args.num_report_samples
+        run, result, records, Path(args.ppo_model_path) / "metrics.jsonl", args.num_report_samples,
+        tracker.where() or tracking.how_to_open(ppo_run),
+    )  # fmt: skip
+    log_to_trackers(
+        tracker, result, records, run / "plots", (ppo_run or {}).get("step", 0), args.num_report_samples
     )
     print(headline(result, report))
+
+
+def log_to_trackers(tracker, result: dict, records: list[dict], plots: Path, step: int, n: int) -> None:
+    """The headline figures, the report's plots and its side-by-side samples, at the PPO run's last step."""
+    figures = {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
+    for name, policy in result["policies"].items():
+        figures.update({f"eval/{name}/{k}": v for k, v in policy.items() if isinstance(v, float)})
+    key = (
+        "labeler_score"
+        if records and records[0].get("sft_labeler_score") is not None
+        else "reward_model_score"
+    )
+    columns = ["prompt", "SFT answer", f"SFT {key}", "PPO answer", f"PPO {key}"]
+    rows = [
+        [r["prompt"], r["sft_response"], r[f"sft_{key}"], r["ppo_response"], r[f"ppo_{key}"]]
+        for r in records[:n]
+    ]
+    images = {f"eval/{p.stem}": p for p in sorted(plots.glob("*.png"))}
+    tracker.log_results(figures, images, {"eval/samples": (columns, rows)}, step)
+    tracker.finish()
 
 
 def headline(result: dict, report: Path) -> str:

@@ -48,6 +48,44 @@ def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code:
     return tokenizer
 
 
+ADDED_PAD_TOKEN = "<|pad|>"
+
+
+def distinct_pad_token(tokenizer) -> bool:
+    """Give a reward model's tokenizer a pad token that is not its EOS; True when a token had to be added to the
+    vocabulary (the model's embeddings then need one more row).
+
+    A sequence-classification model reads its score at the last token that is not padding. With pad == EOS
+    (Llama 3 style), the EOS that ends a finished answer counts as padding, and the model cannot tell a finished
+    answer from one cut off at the length limit. An unused special token of the vocabulary is taken when there is
+    one (Llama 3.1's <|finetune_right_pad_id|>, Qwen's <|fim_pad|>, a reserved token), else one is added.
+    """
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
+        return False
+    in_use = set(tokenizer.all_special_ids) - {tokenizer.pad_token_id}
+    template = str(tokenizer.chat_template or "")
+    spare = [
+        token.content
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+        if token.special and token_id not in in_use and token_id != eos and token.content not in template
+    ]
+    by_preference = [t for t in spare if "pad" in t.lower()] + [t for t in spare if "reserved" in t.lower()]
+    if by_preference:
+        tokenizer.pad_token = by_preference[0]
+        return False
+    tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+    return True
+
+
+def use_distinct_pad(model, tokenizer) -> None:
+    """A scorer's reward model and tokenizer agree on a pad token that is not EOS (see `distinct_pad_token`)."""
+    if distinct_pad_token(tokenizer):
+        # The new row only ever sits under padding (right padding, causal attention): its value never matters.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def model_kwargs(model_args=None) -> dict:
     """from_pretrained keyword arguments from a trl.ModelConfig (dtype, attention, 4/8-bit, remote code)."""
     if model_args is None:

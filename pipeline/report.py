@@ -142,6 +142,16 @@ def _cell(text: str, limit: int = 220) -> str:
     return text.replace("|", "\\|") or "*(empty)*"
 
 
+def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
+    """A markdown table of plain values (numbers with 3 decimals); the trackers' text form of a table too."""
+    cells = [[_fmt(v) if isinstance(v, float) else _cell(v) for v in row] for row in rows]
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(r) + " |" for r in cells),
+    ]
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -163,8 +173,14 @@ def sample_table(records: list[dict], n: int) -> list[str]:
 
 
 def write_report(
-    run_dir: Path, result: dict, records: list[dict], metrics_path: Path, num_samples: int = 8
+    run_dir: Path,
+    result: dict,
+    records: list[dict],
+    metrics_path: Path,
+    num_samples: int = 8,
+    trackers: list[str] = (),
 ) -> Path:
+    """`trackers`: one line per experiment tracker that holds this run, saying how to open it."""
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(metrics_path)
@@ -212,6 +228,9 @@ def write_report(
         ]
     else:
         lines.append(f"No training metrics found at `{metrics_path}`.")
+    if trackers:
+        lines += ["", "The training curves, sample tables and these figures in the experiment trackers:", ""]
+        lines += [f"- {line}" for line in trackers]
     lines += ["", "## Sample answers", "", *sample_table(records, num_samples), ""]
     lines += ["All answers and scores: `eval_samples.jsonl`; all figures: `eval.json`.", ""]
     report = run_dir / "report.md"

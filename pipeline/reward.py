@@ -8,7 +8,8 @@ is -log sigmoid(r_chosen - r_rejected - margin), with the data's `margin` column
     python -m pipeline.reward --config recipes/tiny/reward.yaml
 
 Output (`output_dir`): a PLAIN reward model + tokenizer (LoRA merged in, `config.pad_token_id` set), so PPO and
-users load it with no PEFT involved:
+users load it with no PEFT involved. Its pad token is never the EOS (`pipeline.models.distinct_pad_token`: an
+unused special token, or an added one), so the score of a finished answer is read at its EOS:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained("runs/tiny/reward")
@@ -31,6 +32,7 @@ from trl import RewardConfig
 
 from pipeline.config import UserError, parse_config, run_main
 from pipeline.models import adapter_base_path, is_adapter_dir
+from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
@@ -116,6 +118,19 @@ def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratc
     return str(scratch)
 
 
+def with_pad_embedding(start: str, tokenizer, model_args, remote_code: bool, scratch: Path) -> str:
+    """The start model with an embedding row for the pad token just added to its tokenizer, written to `scratch`
+    (LoRA and the final merge then share one base). The row's value never matters: padding is masked."""
+    from transformers import AutoModelForCausalLM
+
+    model = load_pretrained(AutoModelForCausalLM, start, model_args, remote_code, quantize=False)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    return str(scratch)
+
+
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     from transformers import AutoModelForSequenceClassification, set_seed
@@ -123,9 +138,10 @@ def main(args=None, callbacks=None):
     from trl.trainer.reward_trainer import suppress_seqcls_warning
     from trl.trainer.utils import get_peft_config
 
-    from pipeline.models import load_tokenizer
+    from pipeline.models import distinct_pad_token, load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    tracker = TrackerCallback("reward", training_args.output_dir, training_args, script_args, model_args)
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
     train_data, eval_data = load_pair_splits(script_args)
@@ -134,9 +150,15 @@ def main(args=None, callbacks=None):
     final_dir = Path(training_args.output_dir)
     checkpoints = checkpoint_dir(training_args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
+    eos_padded = tokenizer.pad_token_id == tokenizer.eos_token_id
+    added_pad = distinct_pad_token(tokenizer)  # the score must be read at the EOS that ends a finished answer
     start = resolve_start_model(
         model_args.model_name_or_path, model_args, remote_code, checkpoints / "start-model"
     )
+    if added_pad:
+        start = with_pad_embedding(
+            start, tokenizer, model_args, remote_code, checkpoints / "start-model-padded"
+        )
 
     # The score head is new weights drawn from torch's RNG while loading; the Trainer seeds only later, in its own
     # __init__. Seed first so the same config and data give the same reward model on every run.
@@ -160,7 +182,7 @@ def main(args=None, callbacks=None):
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), tracker],
     )
     report_engine(trainer.accelerator)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -178,7 +200,8 @@ def main(args=None, callbacks=None):
         if model_args.use_peft:
             merge_reward_adapter(tmp, tokenizer, start, model_args, remote_code)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(checkpoints / "start-model", ignore_errors=True)
+        for scratch in ("start-model", "start-model-padded"):
+            shutil.rmtree(checkpoints / scratch, ignore_errors=True)
         if eval_data is not None:  # exact accuracy of the saved model, on every held-out pair
             metrics["eval_accuracy"] = pair_accuracy(
                 str(tmp), eval_data, training_args.per_device_eval_batch_size
@@ -189,8 +212,13 @@ def main(args=None, callbacks=None):
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter + score head, or model)
+    tracker.finish()
     finish_training(trainer, checkpoints, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
+        if eos_padded:
+            print(
+                f"The tokenizer padded with its EOS; the reward model pads with {tokenizer.pad_token!r} instead."
+            )
         if "eval_accuracy" in metrics:
             print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
         print(f"Saved to {final_dir}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from trl import SFTConfig
 
 from pipeline.config import UserError, parse_config, run_main
+from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
     checkpoint_dir,
@@ -94,6 +95,7 @@ def main(args=None, callbacks=None):
     from pipeline.models import load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    tracker = TrackerCallback("sft", training_args.output_dir, training_args, script_args, model_args)
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path (a local model dir or a hub id).")
     train_data, eval_data = load_sft_splits(script_args)
@@ -138,7 +140,7 @@ def main(args=None, callbacks=None):
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), tracker],
     )
     report_engine(trainer.accelerator)
 
@@ -164,6 +166,7 @@ def main(args=None, callbacks=None):
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
+    tracker.finish()
     finish_training(trainer, checkpoints, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         if "base_eval_loss" in metrics:

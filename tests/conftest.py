@@ -25,6 +25,41 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny"
 ACCELERATE = Path(sys.executable).with_name("accelerate")  # the venv's launcher, for multi-process tests
 SHARED_DATA = Path(os.environ.get("RLHF_SHARED_DATA", REPO.parent / "shared" / "data"))
+# The seed of every training stage in the session fixtures and in the learning tests. `make test-kernels` runs
+# the learning tests on seeds 0-2 under each CPU kernel set to size their thresholds (BENCHMARKS.md).
+TEST_SEED = int(os.environ.get("RLHF_TEST_SEED", "0"))
+LEARNING_LOG = os.environ.get("RLHF_LEARNING_LOG")  # where record_learning appends, for the matrix
+
+
+def pytest_report_header(config) -> list[str]:
+    """The arithmetic the numeric tests ran on: PyTorch's CPU kernel set, threads, and the training seed."""
+    import torch
+
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return [
+        f"torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}"
+        f" ({'ATEN_CPU_CAPABILITY=' + forced if forced else 'the machine default'}),"
+        f" {torch.get_num_threads()} threads, training seed {TEST_SEED}"
+    ]
+
+
+def record_learning(name: str, value: float, threshold: float, higher_is_better: bool = True) -> None:
+    """Print a learning test's measured value beside its threshold; append it to RLHF_LEARNING_LOG when set.
+
+    The matrix (tests/benchmarks/bench_learning.py) reads those lines to report each test's worst case."""
+    import json
+
+    import torch
+
+    print(f"{name}: {value:.4f} (threshold {'>' if higher_is_better else '<'} {threshold})")
+    if LEARNING_LOG:
+        row = {
+            "name": name, "value": value, "threshold": threshold, "higher_is_better": higher_is_better,
+            "kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "seed": TEST_SEED,
+        }  # fmt: skip
+        with open(LEARNING_LOG, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +98,8 @@ def tiny_base(run_dir, tiny_data) -> Path:
         str(out),
         "--disable_tqdm",
         "true",
+        "--seed",
+        str(TEST_SEED),
     ]
     return _run_stage(main, "base.yaml", out, overrides)
 
@@ -76,7 +113,7 @@ def tiny_sft(run_dir, tiny_data, tiny_base) -> Path:
         "--model_name_or_path", str(tiny_base),
         "--dataset_path", str(tiny_data / "sft"),
         "--output_dir", str(out),
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--seed", str(TEST_SEED),
     ]  # fmt: skip
     return _run_stage(main, "sft.yaml", out, overrides)
 
@@ -90,6 +127,6 @@ def tiny_reward(run_dir, tiny_data, tiny_base) -> Path:
         "--model_name_or_path", str(tiny_base),
         "--dataset_path", str(tiny_data / "preference"),
         "--output_dir", str(out),
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--seed", str(TEST_SEED),
     ]  # fmt: skip
     return _run_stage(main, "reward.yaml", out, overrides)

@@ -10,15 +10,18 @@ import sys
 import pytest
 
 from pipeline.base import CHAT_TEMPLATE, train_tokenizer
-from tests.conftest import RECIPE
+from tests.conftest import RECIPE, record_learning
 
 
+@pytest.mark.learning
 def test_base_model_learned_well_below_uniform(tiny_base):
     results = json.loads((tiny_base / "eval_results.json").read_text())
     uniform = math.log(json.loads((tiny_base / "config.json").read_text())["vocab_size"])
     assert results["uniform_baseline_loss"] == pytest.approx(uniform, rel=0.01)
     # A model that learned nothing sits at log(V) ~ 6.2; the built-in language is regular enough for far better.
-    assert results["eval_loss"] < 0.4 * uniform, results
+    ratio = results["eval_loss"] / uniform  # kernel sets x seeds 0-2: 0.138 +- 0.009, worst 0.149
+    record_learning("base: held-out loss / uniform loss", ratio, 0.4, higher_is_better=False)
+    assert ratio < 0.4, results
     assert 2e5 < results["num_parameters"] < 5e6
 
 

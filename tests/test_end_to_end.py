@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TEST_SEED, record_learning
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_default_recipe_end_to_end(run_dir, tiny_data, tiny_sft, tiny_reward):
     from pipeline.evaluate import main as evaluate
     from pipeline.ppo import main as ppo
@@ -26,7 +29,7 @@ def test_default_recipe_end_to_end(run_dir, tiny_data, tiny_sft, tiny_reward):
             "--config", str(RECIPE / "ppo.yaml"),
             "--sft_model_path", str(tiny_sft), "--reward_model_path", str(tiny_reward),
             "--prompts_path", str(tiny_data / "prompts"), "--eval_prompts_path", str(tiny_data / "eval_prompts"),
-            "--output_dir", str(ppo_dir), "--disable_tqdm", "true",
+            "--output_dir", str(ppo_dir), "--disable_tqdm", "true", "--seed", str(TEST_SEED),
         ])  # fmt: skip
     evaluate([
         "--config", str(RECIPE / "eval.yaml"),
@@ -35,8 +38,12 @@ def test_default_recipe_end_to_end(run_dir, tiny_data, tiny_sft, tiny_reward):
     ])  # fmt: skip
 
     result = json.loads((run_dir / "eval.json").read_text())
+    gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
+    record_learning("end to end: reward-model accuracy (eval stage)", result["reward_model_accuracy"], 0.6)
+    record_learning("end to end: labeler gain of PPO over SFT", gain, 0.1)
+    # Kernel sets x seeds 0-2 (BENCHMARKS.md): accuracy 0.746 +- 0.025 (worst 0.710), gain 0.83 +- 0.28 (worst 0.46).
     assert result["reward_model_accuracy"] > 0.6, result
-    assert result["ppo_labeler_score"] > result["sft_labeler_score"] + 0.1, result
+    assert gain > 0.1, result
     assert result["kl_ppo_from_sft"] > 0, result
     report = (run_dir / "report.md").read_text()
     for png in ("ppo_training.png", "reward_distributions.png"):

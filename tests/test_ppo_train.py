@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import TEST_SEED, record_learning
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny" / "ppo.yaml"
 
@@ -80,13 +82,14 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     from datasets import load_from_disk
 
     from pipeline.ppo import main
 
     out = tmp_path / "ppo"
-    main(ppo_args(tiny_sft, tiny_data, out, "--seed", "0"))
+    main(ppo_args(tiny_sft, tiny_data, out, "--seed", str(TEST_SEED)))
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))
     for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/approxkl_avg",
@@ -99,7 +102,10 @@ def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     sft_score, _ = labeler_eval(tiny_sft, tiny_sft, prompts)
     ppo_score, kl = labeler_eval(out, tiny_sft, prompts)
     print(f"held-out labeler score: SFT {sft_score:.3f} -> PPO {ppo_score:.3f}; KL(PPO || SFT) {kl:.2f} nats")
-    assert ppo_score > sft_score + 0.5, (sft_score, ppo_score, kl)  # measured: 1.43 -> 2.62
+    record_learning("ppo (labeler reward): held-out labeler gain over SFT", ppo_score - sft_score, 0.5)
+    record_learning("ppo (labeler reward): KL(PPO || SFT), nats", kl, 30.0, higher_is_better=False)
+    # Kernel sets x seeds 0-2 (BENCHMARKS.md): gain 1.63 +- 0.35, worst 1.12; KL 5.3 +- 2.6, worst 9.7.
+    assert ppo_score > sft_score + 0.5, (sft_score, ppo_score, kl)
     assert 0.0 < kl < 30.0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import UserError
+from tests.conftest import record_learning
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny" / "reward.yaml"
@@ -21,10 +22,14 @@ HH_TEST = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_reward_model_ranks_heldout_pairs(tiny_reward):
     results = json.loads((tiny_reward / "eval_results.json").read_text())
     print(f"held-out pair accuracy {results['eval_accuracy']:.3f} on {results['eval_pairs']} pairs")
-    assert results["eval_accuracy"] >= 0.75, results
+    # Measured over kernel sets default/avx2/avx512 x seeds 0-2 (BENCHMARKS.md, "Learning tests on every machine"):
+    # 0.740 +- 0.024, worst 0.710. 0.65 sits 2.5 std below the worst case and well above chance (0.5).
+    record_learning("reward: held-out pair accuracy", results["eval_accuracy"], 0.65)
+    assert results["eval_accuracy"] >= 0.65, results
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import UserError
+from tests.conftest import record_learning
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny" / "sft.yaml"
@@ -35,6 +36,7 @@ def completion_loss(model_dir: str, data, n: int = 100) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_sft_lowers_heldout_completion_loss(tiny_sft, tiny_base, tiny_data):
     from datasets import load_from_disk
 
@@ -43,7 +45,9 @@ def test_sft_lowers_heldout_completion_loss(tiny_sft, tiny_base, tiny_data):
     saved = json.loads((tiny_sft / "eval_results.json").read_text())
     print(f"held-out completion loss: base {base:.4f}, SFT {sft:.4f}; trainer: {saved['base_eval_loss']:.4f} -> "
           f"{saved['eval_loss']:.4f}")  # fmt: skip
-    assert sft < base - 0.02, (
+    # Measured over kernel sets x seeds 0-2 (BENCHMARKS.md): 0.054 +- 0.012, worst 0.040.
+    record_learning("sft: held-out completion loss, base - SFT", base - sft, 0.015)
+    assert sft < base - 0.015, (
         f"SFT did not lower the held-out completion loss: base {base:.4f}, SFT {sft:.4f}"
     )
     assert saved["eval_loss"] < saved["base_eval_loss"]

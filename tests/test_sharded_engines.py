@@ -135,13 +135,17 @@ def test_ppo_lora_with_value_adapter_under_sharded_engines_matches_ddp_and_resum
 ):
     """LoRA policy, reference and value adapters on one sharded base; then resumes from the engines' checkpoints.
 
-    ZeRO-3 with CPU offload too: PPO's own torch AdamW, stepped by DeepSpeed on offloaded optimizer state."""
+    ZeRO-3 with CPU offload too, where DeepSpeed steps PPO's own torch AdamW on the offloaded state. Accelerate used
+    to swap it for DeepSpeed's CPU Adam built from the lr and weight decay alone, so PPO's adam_epsilon 1e-5 became
+    1e-8 (this test caught it). ZeRO-3 and DDP then differ only in the order gradients are reduced: 1.6e-7 at most
+    on these weights (measured), so 1e-5 still catches a wrong eps, clipping value or lost trainable flag."""
     overrides = ppo_overrides(
         tiny_sft, tiny_reward, tiny_data, "--value_head", "adapter", "--save_steps", "1"
     )
     engines = ("ddp", *SHARDED, "zero3_offload")
     for engine in engines:
-        launch(engine, "pipeline.ppo", "ppo.yaml", tmp_path / engine, *overrides)
+        stdout = launch(engine, "pipeline.ppo", "ppo.yaml", tmp_path / engine, *overrides)
+        assert "Optimizer: AdamW (lr 0.0007, betas (0.9, 0.999), eps 1e-05" in stdout, stdout[-3000:]
     for engine in engines[1:]:
         assert_same_artifacts(tmp_path / "ddp", tmp_path / engine)
         assert read_scores(tmp_path / engine) == pytest.approx(read_scores(tmp_path / "ddp"), abs=1e-5)

@@ -71,8 +71,10 @@ class PPOConfig(TrainingArguments):
     # --- sampling ------------------------------------------------------------------------------------------
     response_length: int = field(default=53, metadata={"help": "max new tokens per response"})
     temperature: float = 0.7
-    top_k: int | None = None
-    top_p: float = 1.0
+    # Accepted under TRL's names, refused unless neutral: the log-probs are softmax(logits / temperature) over the
+    # whole vocabulary, so truncated sampling would make every update off-policy (README, "How PPO samples").
+    top_k: int | None = field(default=None, metadata={"help": "must stay unset (or 0): no top-k truncation"})
+    top_p: float = field(default=1.0, metadata={"help": "must stay 1.0: no nucleus truncation"})
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "subtracted from the score of responses that never emit EOS"}
     )
@@ -133,6 +135,9 @@ class PPOConfig(TrainingArguments):
             raise ConfigError(f"reward_fn must look like 'package.module:function', got {self.reward_fn!r}.")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled rollouts.")
+        from pipeline.ppo.rollout import check_untruncated
+
+        check_untruncated(self.top_k, self.top_p, "PPO")
         for name in (
             "num_ppo_epochs",
             "num_mini_batches",

@@ -8,6 +8,7 @@ takes its batch sizes and gradient clipping from the PPO config.
 
 from __future__ import annotations
 
+import torch
 from accelerate.utils import DistributedType
 from torch import nn
 from torch.distributed.fsdp import register_fsdp_forward_method
@@ -63,6 +64,39 @@ def configure_engine(accelerator, args) -> None:
         raise UserError(
             "The DeepSpeed config disagrees with the PPO config:\n" + "\n".join([*mismatches, fix])
         )
+
+
+def build_optimizer(params: list[nn.Parameter], args, accelerator) -> torch.optim.Optimizer:
+    """torch's AdamW with the PPO config's betas, eps and weight decay, under every engine.
+
+    When ZeRO offloads the optimizer, Accelerate swaps a torch optimizer for DeepSpeed's CPU Adam and keeps only
+    its lr and weight decay, so PPO's `adam_epsilon` (1e-5) silently became DeepSpeed's default 1e-8. Keep our own
+    optimizer instead (`zero_force_ds_cpu_optimizer` off): DeepSpeed then steps it on the offloaded state, with the
+    same arithmetic as under every other engine. (DeepSpeed's CPU Adam is faster on big models, but its SIMD
+    arithmetic moved these weights by up to 7e-5 from DDP's over 8 steps: not a drop-in replacement.)"""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+        if offload not in (None, "none"):
+            config["zero_force_ds_cpu_optimizer"] = False
+    return torch.optim.AdamW(
+        params,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
+
+
+def describe_optimizer(optimizer) -> str:
+    """The optimizer that really steps (under the engines' wrappers) and its settings, for the startup log."""
+    while hasattr(optimizer, "optimizer"):  # Accelerate's wrapper, DeepSpeed's ZeRO optimizer
+        optimizer = optimizer.optimizer
+    group = optimizer.param_groups[0]
+    return (
+        f"{type(optimizer).__name__} (lr {group['lr']:g}, betas {tuple(group['betas'])}, eps {group['eps']:g}, "
+        f"weight decay {group['weight_decay']:g})"
+    )
 
 
 def register_generate(model: nn.Module) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.config import UserError
+from pipeline.models import use_distinct_pad
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,22 @@ class PolicyWithValueHead(nn.Module):
         return logits, values
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere, so the training forward computes the log-probs the rollout forward computed.
+
+    TRL's disable_dropout_in_model zeroes nn.Dropout modules only, but several architectures call the functional
+    dropout with a rate kept as a float attribute: OPT's `dropout` (0.1 in its configs) and `layerdrop`, the
+    `attention_dropout` of most attention modules.
+    """
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, float) and ("dropout" in name or name == "layerdrop"):
+                setattr(module, name, 0.0)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -202,7 +219,7 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
     """Build the two-headed policy (and, for full fine-tuning only, a frozen reference model)."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
-    from trl.trainer.utils import disable_dropout_in_model, get_peft_config
+    from trl.trainer.utils import get_peft_config
 
     sft = args.sft_model_path
     if not Path(sft).exists():
@@ -234,7 +251,7 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
             raise UserError("A 4-bit base cannot be fully fine-tuned; set use_peft: true (QLoRA).")
         lm = base
         ref_model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs).eval().requires_grad_(False)
-        disable_dropout_in_model(ref_model)
+        disable_dropout(ref_model)
     elif sft_is_adapter:
         lm = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
         lm.load_adapter(sft, adapter_name=REF, is_trainable=False)
@@ -251,9 +268,7 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
         lm.set_adapter(POLICY)
         for name, param in lm.named_parameters():
             param.requires_grad_("lora_" in name and f".{REF}." not in name)
-    disable_dropout_in_model(
-        lm
-    )  # N+ details: dropout would make logprobs differ between rollout and training
+    disable_dropout(lm)  # N+ details: dropout would make logprobs differ between rollout and training
     model = PolicyWithValueHead(
         lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter
     )
@@ -324,14 +339,11 @@ class RewardScorer:
             )
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         kwargs = _load_kwargs(model_args, device_map)
         self.model = (
             AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval().requires_grad_(False)
         )
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        use_distinct_pad(self.model, self.tokenizer)  # the score is read at the EOS of a finished answer
         if "quantization_config" not in kwargs:
             self.model.to(device)
 

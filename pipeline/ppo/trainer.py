@@ -21,11 +21,25 @@ from transformers import get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+from pipeline import tracking
 from pipeline.config import UserError
 from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from pipeline.ppo.models import POLICY, VALUE, RewardScorer, load_policy, reference_context
-from pipeline.ppo.rollout import generate, generation_config, tokenize_prompts
+from pipeline.ppo.models import (
+    POLICY,
+    VALUE,
+    RewardScorer,
+    load_policy,
+    position_ids_from_mask,
+    reference_context,
+)
+from pipeline.ppo.rollout import (
+    generate,
+    generation_config,
+    sampling_summary,
+    set_aside,
+    tokenize_prompts,
+)
 from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
 
 logger = logging.getLogger(__name__)
@@ -56,6 +70,8 @@ def load_prompts(path: str | None, field: str) -> list[str]:
 class PPOTrainer:
     def __init__(self, args, model_args):
         self.args = args
+        self.trackers = tracking.trackers(args.report_to)  # a missing tracker package fails before any load
+        self.tracked_config = tracking.public_config(args, model_args)
         # The process group as transformers' Trainer starts it for the SFT and reward stages (reading args.device
         # does it: gloo when use_cpu), then the engine the launch config asks for; DeepSpeed runs on CPU too.
         _ = args.device
@@ -63,7 +79,6 @@ class PPOTrainer:
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             deepspeed_plugin=args.deepspeed_plugin,
             mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
-            log_with=[r for r in args.report_to if r != "none"] or None,
         )
         acc = self.accelerator
         distributed.check_supported(acc)
@@ -96,13 +111,7 @@ class PPOTrainer:
         self.model, self.ref_model = load_policy(args, model_args, device_map)
         self.scorer = RewardScorer(args, model_args, acc.device, device_map)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params,
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-            weight_decay=args.weight_decay,
-        )
+        self.optimizer = distributed.build_optimizer(params, args, acc)
         self.scheduler = get_scheduler(
             args.lr_scheduler_type,
             self.optimizer,
@@ -122,14 +131,13 @@ class PPOTrainer:
             else core.FixedKLController(args.kl_coef)
         )
         self.gen_config = generation_config(args, self.tokenizer)
+        if acc.is_main_process:
+            ignored = set_aside(acc.unwrap_model(self.model), self.gen_config)
+            print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
         self.step, self.episode = 0, 0
         self.output_dir = Path(args.output_dir)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            acc.init_trackers(
-                "ppo",
-                config={k: v for k, v in args.to_dict().items() if isinstance(v, int | float | str | bool)},
-            )
         self._log_sizes()
 
     def _log_sizes(self) -> None:
@@ -142,6 +150,7 @@ class PPOTrainer:
                 f"PPO: {self.num_steps} steps x {self.batch_size} episodes ({n_proc} process{'es' if n_proc > 1 else ''}, "
                 f"local batch {self.local_batch_size}), {n_train:,} trainable parameters, value head: {self.args.value_head}"
             )
+            print(f"Optimizer: {distributed.describe_optimizer(self.optimizer)}")
 
     # --- data ---------------------------------------------------------------------------------------------
     def batch_prompts(self, step: int) -> list[str]:
@@ -167,8 +176,14 @@ class PPOTrainer:
     def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
         R = responses.shape[1]
         if self.ref_model is not None:
+            # The positions the policy forward uses: left padding would shift learned absolute ones (GPT-2).
+            position_ids = position_ids_from_mask(attention_mask)
             logits = self.ref_model(
-                input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=R + 1, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=R + 1,
+                use_cache=False,
             ).logits[:, :-1]
         else:
             model = self.accelerator.unwrap_model(self.model)
@@ -252,7 +267,9 @@ class PPOTrainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     with torch.no_grad():
-                        entropy = core.masked_mean(entropy_from_logits(logits.detach()), mb["mask"])
+                        # TRL's policy/entropy_avg: the entropy of the distribution sampled, softmax(logits / T).
+                        scaled = logits.detach() / (args.temperature + 1e-7)
+                        entropy = core.masked_mean(entropy_from_logits(scaled), mb["mask"])
                         ratio = torch.exp(new_logprobs.detach() - mb["logprobs"])
                     for key, value in (
                         ("policy/approxkl_avg", pg_stats["approxkl"]), ("policy/clipfrac_avg", pg_stats["clipfrac"]),
@@ -308,6 +325,7 @@ class PPOTrainer:
     def train(self) -> None:
         args, acc = self.args, self.accelerator
         resume = resolve_resume(args.resume_from_checkpoint, self.output_dir)
+        state = {}
         if resume is not None:
             state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler, self.sharded)
             self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
@@ -315,6 +333,9 @@ class PPOTrainer:
                 print(f"Resumed from {resume} at step {self.step} (episode {self.episode}).")
         else:
             set_seed(args.seed, device_specific=True)  # different samples on each rank
+        # The tracker run of the checkpoint continues (its identity is stored in it), from the step after it.
+        self.tracking = tracking.start(self.trackers, "ppo", self.output_dir.parent, args, self.tracked_config,
+                                       state.get("tracking"), self.step + 1, acc.is_main_process)  # fmt: skip
         self.model.eval()  # dropout is off anyway; eval() also keeps generation deterministic per seed
         start_time, start_episode = time.time(), self.episode
         save_every = (
@@ -334,16 +355,21 @@ class PPOTrainer:
             if save_every and self.step % save_every == 0:
                 save_checkpoint(
                     acc, self.output_dir, self.step,
-                    {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value},
+                    {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
+                     "tracking": self.tracking.identity},
                     self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
                 )  # fmt: skip
         self.save_final()
+        if self.tracking.identity:  # evaluation adds its figures to this tracker run, at its last step
+            identity = {**self.tracking.identity, "step": self.step}
+            tracking.write_identity(self.output_dir / tracking.IDENTITY_FILE, identity)
+        self.tracking.finish()
         self.model = acc.unwrap_model(self.model)  # the DDP wrapper goes before the process group
         end_distributed(acc)
 
     def _log(self, metrics: dict) -> None:
         acc = self.accelerator
-        acc.log(metrics, step=self.step)
+        self.tracking.log(metrics, self.step)  # every metric (episode, lr, time/...) at the PPO step
         if not acc.is_main_process:
             return
         with open(self.output_dir / "metrics.jsonl", "a") as f:
@@ -392,6 +418,7 @@ class PPOTrainer:
         ]
         with open(self.output_dir / "samples.jsonl", "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
+        self.tracking.log_table("samples", list(rows[0]), [list(row.values()) for row in rows], self.step)
         print(f"--- samples at step {self.step} ---")
         print(f"{'score':>7} | {'prompt':<40} | response")
         for row in rows:
