@@ -169,8 +169,12 @@ class PPOTrainer:
         ]
 
     # --- forward helpers ------------------------------------------------------------------------------------
+    def _sampled_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits of the distribution rollouts are drawn from, softmax(logits / T): log-probs and entropy."""
+        return logits / (self.args.temperature + 1e-7)
+
     def _logprobs(self, logits: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        return selective_log_softmax(logits / (self.args.temperature + 1e-7), responses)
+        return selective_log_softmax(self._sampled_logits(logits), responses)
 
     @torch.no_grad()
     def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
@@ -268,8 +272,8 @@ class PPOTrainer:
                         self.optimizer.zero_grad()
                     with torch.no_grad():
                         # TRL's policy/entropy_avg: the entropy of the distribution sampled, softmax(logits / T).
-                        scaled = logits.detach() / (args.temperature + 1e-7)
-                        entropy = core.masked_mean(entropy_from_logits(scaled), mb["mask"])
+                        sampled = self._sampled_logits(logits.detach())
+                        entropy = core.masked_mean(entropy_from_logits(sampled), mb["mask"])
                         ratio = torch.exp(new_logprobs.detach() - mb["logprobs"])
                     for key, value in (
                         ("policy/approxkl_avg", pg_stats["approxkl"]), ("policy/clipfrac_avg", pg_stats["clipfrac"]),
