@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.config import required
+
 SOURCES = ("builtin", "datasets")
 PREFERENCE_FORMATS = ("hh_rlhf", "pairs", "ranked")
 SFT_FORMATS = ("prompt_completion", "messages")
@@ -17,9 +19,8 @@ class DataConfig:
     source: str = field(
         default="builtin", metadata={"help": f"Where the data comes from: one of {', '.join(SOURCES)}."}
     )
-    output_dir: str = field(
-        default="runs/tiny/data",
-        metadata={"help": "Folder to write pretrain/, sft/, preference/, prompts/, eval_prompts/ into."},
+    output_dir: str | None = required(
+        "Folder to write pretrain/, sft/, preference/, prompts/, eval_prompts/ into (runs/<recipe>/data)."
     )
     seed: int = field(default=0, metadata={"help": "Seed of the generator and of every shuffle or split."})
     overwrite: bool = field(

@@ -294,9 +294,3 @@ def labeler_scores(prompts: Sequence[str], responses: Sequence[str]) -> list[flo
     if len(prompts) != len(responses):
         raise ValueError(f"labeler_scores got {len(prompts)} prompts but {len(responses)} responses.")
     return [labeler_score(p, r) for p, r in zip(prompts, responses)]
-
-
-def best_response(spec: PromptSpec, rng: random.Random | None = None) -> str:
-    """A response with the maximal score (LABELER_MAX), for reports and tests."""
-    rng = rng or random.Random(0)
-    return generate_response(rng, spec.topic, sample_attributes(rng, good=True)).text

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import UserError, parse_config, run_main
+from transformers import TrainingArguments
+
+from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.outputs import publish, staging_dir
 from pipeline.tracking import TrackerCallback
 
 # HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
@@ -37,9 +38,7 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 class BaseModelArguments:
     """What to pretrain on and how big the model is (the optimisation settings are TrainingArguments)."""
 
-    corpus_path: str = field(
-        default="runs/tiny/data/pretrain", metadata={"help": "datasets dir with a `text` column"}
-    )
+    corpus_path: str | None = required("datasets dir with a `text` column (runs/<recipe>/data/pretrain)")
     vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary size, special tokens included"})
     hidden_size: int = 128
     intermediate_size: int = 384
@@ -52,17 +51,7 @@ class BaseModelArguments:
     )
 
 
-def _training_arguments_type():
-    from transformers import TrainingArguments
-
-    return TrainingArguments
-
-
-def config_types() -> tuple[type, ...]:
-    return (BaseModelArguments, _training_arguments_type())
-
-
-CONFIG_TYPES = config_types()
+CONFIG_TYPES = (BaseModelArguments, TrainingArguments)
 
 
 def load_corpus(path: str):
@@ -177,16 +166,13 @@ def main(args=None):
 def save_atomically(trainer, tokenizer, output_dir: str, metrics: dict) -> None:
     """Write to a sibling temp dir and rename, so a crash never leaves half a model where a stage expects one."""
     final = Path(output_dir)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(final)
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(tmp)
     (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
     for leftover in ("training_args.bin",):  # pickled; nothing downstream needs it
         (tmp / leftover).unlink(missing_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
 
 
 if __name__ == "__main__":

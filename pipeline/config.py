@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Sequence
+from dataclasses import field
 from pathlib import Path
 
 import yaml
@@ -77,9 +78,53 @@ def parse_config(dataclass_types: Sequence[type], args: Sequence[str] | None = N
         check_keys(read_yaml(args[i + 1]), dataclass_types, args[i + 1])
     parser = TrlParser(list(dataclass_types))
     try:
-        return tuple(parser.parse_args_and_config(args))
+        parsed = tuple(parser.parse_args_and_config(args))
     except SystemExit as err:  # argparse already printed which argument it could not read
         raise ConfigError(f"Could not parse the command line {args}; see the message above.") from err
+    source = args[args.index("--config") + 1] if "--config" in args else "the command line"
+    check_refused(given_keys(args), dataclass_types, source)
+    check_required(parsed, source)
+    return parsed
+
+
+def given_keys(args: Sequence[str]) -> set[str]:
+    """The fields a user set: the keys of the `--config` file and the `--field` flags of the command line."""
+    keys = {a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"}
+    if "--config" in args:
+        keys |= set(read_yaml(args[args.index("--config") + 1]))
+    return keys
+
+
+def check_refused(given: set[str], dataclass_types: Sequence[type], source: str) -> None:
+    """A config type may refuse fields it inherits but never reads (PPOConfig: Trainer-only fields)."""
+    for cls in dataclass_types:
+        if hasattr(cls, "refused_fields"):
+            refused = sorted(given & cls.refused_fields())
+            if refused:
+                raise ConfigError(cls.refusal(refused, source))
+
+
+REQUIRED_MARK = "(required) "
+
+
+def required(help: str, **kwargs):
+    """A config field with no default: the recipe must name it (paths especially: no stage falls back to the
+    built-in recipe's folders)."""
+    # HfArgumentParser hands every metadata key to argparse, so the mark lives in the help text (shown by --help).
+    return field(default=None, metadata={"help": REQUIRED_MARK + help}, **kwargs)
+
+
+def check_required(configs: Sequence, source: str) -> None:
+    missing = [
+        f.name
+        for config in configs
+        for f in dataclasses.fields(config)
+        if f.metadata.get("help", "").startswith(REQUIRED_MARK) and getattr(config, f.name) in (None, "")
+    ]
+    if missing:
+        keys = ", ".join(missing)
+        raise ConfigError(f"{source}: set {keys} (required, no default); add `{missing[0]}: ...` to the recipe "
+                          f"file or pass --{missing[0]} on the command line.")  # fmt: skip
 
 
 def load_recipe_file(

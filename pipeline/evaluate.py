@@ -18,15 +18,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trl import ModelConfig
+
 from pipeline import tracking
-from pipeline.config import UserError, parse_config, run_main
+from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.models import is_quantized, load_callable, load_causal_lm, load_tokenizer
+from pipeline.sampling import (
+    generate,
+    generation_config,
+    response_logits,
+    response_logprobs,
+    sampling_summary,
+    set_aside,
+    tokenize_prompts,
+)
+from pipeline.scoring import RewardScorer, accuracy, sharded_margins
 
 
 @dataclass
 class EvalArguments:
-    run_dir: str = field(
-        default="runs/tiny", metadata={"help": "run dir; eval.json, report.md, plots/ go here"}
-    )
+    run_dir: str | None = required("run dir (runs/<recipe>); eval.json, report.md, plots/ go here")
     sft_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/sft"})
     ppo_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/ppo"})
     reward_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/reward"})
@@ -55,6 +66,9 @@ class EvalArguments:
     top_p: float = 1.0
     max_prompt_length: int = 512
     batch_size: int = field(default=32, metadata={"help": "per-process batch for generation and scoring"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run model code from the hub (off: only transformers' own classes)"}
+    )
     seed: int = 0
     num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
     # As in TrainingArguments (pipeline/tracking.py): the figures go to the PPO stage's tracker run when it has one.
@@ -67,6 +81,8 @@ class EvalArguments:
     project: str = field(default="huggingface", metadata={"help": "tracker project if PPO left none"})
 
     def __post_init__(self):
+        if self.run_dir is None:
+            return  # parse_config reports the missing key with the recipe file's name
         run = Path(self.run_dir)
         self.sft_model_path = self.sft_model_path or str(run / "sft")
         self.ppo_model_path = self.ppo_model_path or str(run / "ppo")
@@ -75,18 +91,12 @@ class EvalArguments:
         self.preference_path = self.preference_path or str(run / "data" / "preference")
         if self.temperature <= 0:
             raise UserError("temperature must be > 0: the policies are compared on sampled answers.")
-        from pipeline.ppo.rollout import check_untruncated
+        from pipeline.sampling import check_untruncated
 
         check_untruncated(self.top_k, self.top_p, "Evaluation, like PPO,")
 
 
-def _model_config_type():
-    from trl import ModelConfig
-
-    return ModelConfig
-
-
-CONFIG_TYPES = (EvalArguments, _model_config_type())
+CONFIG_TYPES = (EvalArguments, ModelConfig)
 
 # Which stage writes each input, for errors that say what to run.
 PRODUCERS = {"sft": "make sft", "ppo": "make ppo", "reward": "make reward", "data": "make data"}
@@ -113,19 +123,6 @@ def check_inputs(args: EvalArguments) -> None:
             )
 
 
-def load_callable(spec: str):
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(
-            f"labeler {spec!r} cannot be imported ({err}); use 'package.module:function'."
-        ) from err
-    return fn
-
-
 def log(message: str) -> None:
     """Progress on the main process only (one line per phase, with elapsed time)."""
     if distributed_state().is_main_process:
@@ -138,12 +135,10 @@ _START = time.monotonic()
 # --- policies ----------------------------------------------------------------------------------------------
 
 
-def load_policy(path: str, model_args, device):
+def load_policy(path: str, model_args, device, trust_remote_code: bool = False):
     """A policy for inference: adapters are merged (faster) unless the base is quantized."""
-    from pipeline.models import load_causal_lm
-
-    quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    model = load_causal_lm(path, model_args, merge_adapter=not quantized)
+    quantized = is_quantized(model_args)
+    model = load_causal_lm(path, model_args, merge=not quantized, trust_remote_code=trust_remote_code)
     if not quantized:
         model.to(device)
     return model.eval().requires_grad_(False)
@@ -152,25 +147,20 @@ def load_policy(path: str, model_args, device):
 def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int, name: str = "evaluation"):
     """Prompt batches and sampled responses (token ids, padded after EOS), batched with left padding.
 
-    Reuses the PPO stage's rollout code, so eval samples exactly as training did: from our settings alone.
+    The sampling code of PPO's rollouts (`pipeline.sampling`), so eval samples exactly as training did.
     """
-    from types import SimpleNamespace
-
     from transformers import set_seed
 
-    from pipeline.ppo import rollout
-
-    sampling = SimpleNamespace(response_length=args.max_new_tokens, temperature=args.temperature)
-    config = rollout.generation_config(sampling, tokenizer)
-    log(rollout.sampling_summary(name, config, rollout.set_aside(model, config)))
+    config = generation_config(args.max_new_tokens, args.temperature, tokenizer)
+    log(sampling_summary(name, config, set_aside(model, config)))
     set_seed(seed)
     queries, responses = [], []
     for i in range(0, len(prompts), args.batch_size):
-        batch = rollout.tokenize_prompts(
+        batch = tokenize_prompts(
             tokenizer, prompts[i : i + args.batch_size], args.max_prompt_length, model.device
         )
         queries.append(batch)
-        responses.append(rollout.generate(model, batch, config, args.batch_size))
+        responses.append(generate(model, batch, config, args.batch_size))
     return queries, responses
 
 
@@ -182,25 +172,14 @@ def response_mask(responses, eos_token_id: int):
 
 
 def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
-    """Sum over response tokens of log pi(token | context) at `temperature` (one batch)."""
+    """Sum over response tokens of log pi(token | context) at `temperature` (one batch), as PPO computes it."""
     import torch
-    from trl.trainer.utils import selective_log_softmax
-
-    from pipeline.ppo.models import position_ids_from_mask
 
     input_ids = torch.cat([query["input_ids"], responses], dim=1)
     attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
-    # Left padding: positions must count real tokens only, as in generation and in PPO's forwards.
-    position_ids = position_ids_from_mask(attention_mask)
-    # Only the positions that predict response tokens: big vocabularies make full-sequence logits costly.
-    keep = responses.shape[1] + 1
     with torch.no_grad():
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
-        ).logits
-    logits = logits[:, :-1].float() / temperature
-    logprobs = selective_log_softmax(logits, responses)
-    return (logprobs * mask).sum(1)
+        logits = response_logits(model, input_ids, attention_mask, responses.shape[1]).logits
+    return (response_logprobs(logits, responses, temperature) * mask).sum(1)
 
 
 def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]]:
@@ -212,49 +191,13 @@ def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]
     return texts, ended, lengths
 
 
-# --- reward model ------------------------------------------------------------------------------------------
-
-
-class RewardModel:
-    """Scores prompt + response texts with the reward model's own tokenizer (EOS appended when the answer
-    ended, as the reward stage trained on it)."""
-
-    def __init__(self, path: str, model_args, device, batch_size: int):
-        from pipeline.models import load_reward_model, load_tokenizer, use_distinct_pad
-
-        self.tokenizer = load_tokenizer(path)
-        self.tokenizer.padding_side = "right"
-        self.tokenizer.truncation_side = "left"  # the score is read at the end: never cut the answer off
-        self.model = load_reward_model(path, model_args).eval().requires_grad_(False)
-        use_distinct_pad(self.model, self.tokenizer)  # the score is read at the EOS of a finished answer
-        if not (model_args.load_in_4bit or model_args.load_in_8bit):
-            self.model.to(device)
-        self.batch_size = batch_size
-
-    def __call__(self, prompts: list[str], responses: list[str], ended: list[bool]) -> list[float]:
-        import torch
-
-        eos = self.tokenizer.eos_token or ""
-        texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
-        scores = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[i : i + self.batch_size], return_tensors="pt", padding=True, truncation=True
-            )
-            with torch.no_grad():
-                scores += self.model(**batch.to(self.model.device)).logits[:, 0].float().tolist()
-        return scores
-
-
 # --- the evaluation ----------------------------------------------------------------------------------------
 
 
 def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], device, seed: int) -> list[dict]:
     """One record per prompt: both policies' answers, their lengths, and the PPO sample's log-ratio to SFT."""
-    from pipeline.models import load_tokenizer
-
-    tokenizer = load_tokenizer(args.sft_model_path)
-    ppo_tokenizer = load_tokenizer(args.ppo_model_path)
+    tokenizer = load_tokenizer(args.sft_model_path, trust_remote_code=args.trust_remote_code)
+    ppo_tokenizer = load_tokenizer(args.ppo_model_path, trust_remote_code=args.trust_remote_code)
     if ppo_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise UserError(
             f"The PPO policy ({args.ppo_model_path}) and the SFT policy ({args.sft_model_path}) have different "
@@ -263,13 +206,13 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
     records = [{"prompt": p} for p in prompts]
 
     log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
-    sft = load_policy(args.sft_model_path, model_args, device)
+    sft = load_policy(args.sft_model_path, model_args, device, args.trust_remote_code)
     queries, responses = sample(sft, tokenizer, prompts, args, seed, "the SFT policy")
     _store(records, "sft", tokenizer, responses)
     del responses
 
     log(f"sampling from the PPO policy {args.ppo_model_path}")
-    ppo = load_policy(args.ppo_model_path, model_args, device)
+    ppo = load_policy(args.ppo_model_path, model_args, device, args.trust_remote_code)
     queries, responses = sample(ppo, tokenizer, prompts, args, seed, "the PPO policy")
     _store(records, "ppo", tokenizer, responses)
     log("KL of PPO from SFT on PPO's answers")
@@ -295,24 +238,15 @@ def _store(records: list[dict], name: str, tokenizer, responses) -> None:
             i += 1
 
 
-def score_records(records: list[dict], reward_model: RewardModel, labeler) -> None:
+def score_records(records: list[dict], reward_model: RewardScorer, labeler) -> None:
     prompts = [r["prompt"] for r in records]
     for name in ("sft", "ppo"):
         responses = [r[f"{name}_response"] for r in records]
-        rm_scores = reward_model(prompts, responses, [r[f"{name}_ended"] for r in records])
+        rm_scores = reward_model(prompts, responses, [r[f"{name}_ended"] for r in records]).tolist()
         labels = labeler(prompts, responses) if labeler else [None] * len(records)
         for record, score, label in zip(records, rm_scores, labels):
             record[f"{name}_reward_model_score"] = score
             record[f"{name}_labeler_score"] = None if label is None else float(label)
-
-
-def preference_margins(pairs: list[dict], reward_model: RewardModel) -> list[float]:
-    """score(chosen) - score(rejected) per held-out pair (both complete answers: EOS appended)."""
-    prompts = [p["prompt"] for p in pairs]
-    ended = [True] * len(pairs)
-    chosen = reward_model(prompts, [p["chosen"] for p in pairs], ended)
-    rejected = reward_model(prompts, [p["rejected"] for p in pairs], ended)
-    return [c - r for c, r in zip(chosen, rejected)]
 
 
 def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
@@ -352,7 +286,7 @@ def summarize(records: list[dict], margins: list[float], args: EvalArguments, nu
         return statistics.pstdev(values) if values else None
 
     result = {
-        "reward_model_accuracy": statistics.fmean(m > 0 for m in margins),
+        "reward_model_accuracy": accuracy(margins),
         "sft_reward_model_score": mean("sft_reward_model_score"),
         "ppo_reward_model_score": mean("ppo_reward_model_score"),
         "sft_labeler_score": mean("sft_labeler_score"),
@@ -407,7 +341,7 @@ def main(args=None):
     eval_args, model_args = parse_config(CONFIG_TYPES, args)
     trackers = tracking.trackers(eval_args.report_to)
     check_inputs(eval_args)
-    labeler = load_callable(eval_args.labeler) if eval_args.labeler else None
+    labeler = load_callable(eval_args.labeler, "labeler") if eval_args.labeler else None
     prompts, pairs = load_inputs(eval_args)
 
     state = distributed_state()
@@ -418,14 +352,13 @@ def main(args=None):
         f"scoring answers with the reward model {eval_args.reward_model_path}"
         + (" and the labeler" if labeler else "")
     )
-    reward_model = RewardModel(eval_args.reward_model_path, model_args, state.device, eval_args.batch_size)
+    reward_model = RewardScorer(eval_args.reward_model_path, None, model_args, state.device, eval_args.batch_size,
+                                eval_args.trust_remote_code)  # fmt: skip
     score_records(records, reward_model, labeler)
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
-    with state.split_between_processes(pairs, apply_padding=True) as shard:
-        margins = preference_margins(list(shard), reward_model)
+    margins, _ = sharded_margins(reward_model, pairs, state)
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
     records = gather_object(records)[: len(prompts)]
-    margins = gather_object(margins)[: len(pairs)]
 
     result = summarize(records, margins, eval_args, state.num_processes)
     if state.is_main_process:

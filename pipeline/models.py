@@ -1,7 +1,9 @@
-"""Loading tokenizers and models from a path or hub id: one place for the security defaults and clear errors.
+"""Loading tokenizers and models: the one place that builds `from_pretrained` keyword arguments.
 
-A stage output is either a plain model directory or a PEFT adapter directory (adapter_config.json pointing at
-its base); both load here. `trust_remote_code` stays off unless the user's ModelConfig turns it on, and
+Every stage loads through `pretrained_kwargs` (revision, dtype, attention implementation, 4/8-bit quantization
+with its device map, trust_remote_code), so a recipe's settings mean the same in SFT, reward, PPO and evaluation.
+A stage output is either a plain model directory or a PEFT adapter directory (adapter_config.json names its base
+and the base's revision); both load here. `trust_remote_code` stays off unless the stage config turns it on, and
 weights are read from safetensors.
 """
 
@@ -17,11 +19,22 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def adapter_config(path: str | Path) -> dict:
+    return json.loads((Path(path) / "adapter_config.json").read_text())
+
+
 def adapter_base_path(path: str | Path) -> str:
-    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return adapter_config(path)["base_model_name_or_path"]
 
 
-def _loading_error(name: str, err: Exception) -> UserError:
+def same_model_path(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def loading_error(name: str, err: Exception) -> UserError:
     import os
 
     hint = "Check the path or hub id"
@@ -33,7 +46,52 @@ def _loading_error(name: str, err: Exception) -> UserError:
     return UserError(f"Could not load '{name}': {type(err).__name__}: {err}. {hint}.")
 
 
-def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return name
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise UserError(
+            f"dtype '{name}' is not a torch dtype (use float32, bfloat16, float16 or auto)."
+        ) from None
+
+
+def kbit_device_map() -> dict | str:
+    """Quantized weights are placed at load time: on this process's GPU (one per rank), else on the CPU."""
+    import torch
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index} if torch.cuda.is_available() else "cpu"
+
+
+def pretrained_kwargs(model_args=None, trust_remote_code: bool = False, quantize: bool = True) -> dict:
+    """`from_pretrained` keyword arguments from a `trl.ModelConfig`: revision, dtype, attention implementation,
+    4/8-bit bitsandbytes quantization (with its device map) and trust_remote_code. `quantize=False` asks for
+    full-precision weights whatever the config says (merging an adapter into its base)."""
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if model_args is None:
+        return kwargs
+    from trl import get_quantization_config
+
+    kwargs["revision"] = model_args.model_revision
+    kwargs["dtype"] = torch_dtype(model_args.dtype)
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization = get_quantization_config(model_args) if quantize else None
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = kbit_device_map()
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def is_quantized(model_args) -> bool:
+    return bool(model_args is not None and (model_args.load_in_4bit or model_args.load_in_8bit))
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of a model or adapter dir, with a pad token that is never silently missing."""
     from transformers import AutoTokenizer
 
@@ -42,10 +100,75 @@ def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code:
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as err:
-        raise _loading_error(name_or_path, err) from err
+        raise loading_error(name_or_path, err) from err
     if tokenizer.pad_token is None:  # common for Llama-family hub models; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_model(model_class, name_or_path: str, model_args=None, trust_remote_code: bool = False,
+               quantize: bool = True, **kwargs):  # fmt: skip
+    """`model_class.from_pretrained(name_or_path)` with `pretrained_kwargs`; `kwargs` add or override."""
+    kwargs = {**pretrained_kwargs(model_args, trust_remote_code, quantize), **kwargs}
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise loading_error(name_or_path, err) from err
+
+
+def load_base_of(adapter_dir: str | Path, model_class, model_args=None, trust_remote_code: bool = False,
+                 quantize: bool = True, **kwargs):  # fmt: skip
+    """The base model an adapter was trained on, at the revision the adapter recorded (else the config's)."""
+    recorded = adapter_config(adapter_dir).get("revision")
+    if recorded:
+        kwargs.setdefault("revision", recorded)
+    return load_model(model_class, adapter_base_path(adapter_dir), model_args, trust_remote_code, quantize,
+                      **kwargs)  # fmt: skip
+
+
+def merge_adapter(model_class, adapter_dir: str | Path, model_args=None, trust_remote_code: bool = False,
+                  base: str | None = None, **kwargs):  # fmt: skip
+    """Base model in full precision + the saved adapter, merged into a plain model.
+
+    The base is reloaded unquantized even after QLoRA: merging into 4-bit weights would round the update away.
+    `base` overrides the base the adapter names (the reward stage trains on a locally prepared copy).
+    """
+    from peft import PeftModel
+
+    if base is None:
+        base_model = load_base_of(
+            adapter_dir, model_class, model_args, trust_remote_code, quantize=False, **kwargs
+        )
+    else:
+        base_model = load_model(model_class, base, model_args, trust_remote_code, quantize=False, **kwargs)
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+
+
+def load_causal_lm(name_or_path: str, model_args=None, merge: bool = False, trust_remote_code: bool = False):
+    """A causal LM from a plain dir, an adapter dir (base at its recorded revision + adapter) or a hub id."""
+    from transformers import AutoModelForCausalLM
+
+    if not is_adapter_dir(name_or_path):
+        return load_model(AutoModelForCausalLM, name_or_path, model_args, trust_remote_code)
+    from peft import PeftModel
+
+    base = load_base_of(name_or_path, AutoModelForCausalLM, model_args, trust_remote_code)
+    model = PeftModel.from_pretrained(base, name_or_path)
+    return model.merge_and_unload() if merge else model
+
+
+def load_reward_model(name_or_path: str, model_args=None, trust_remote_code: bool = False):
+    """A scalar-head reward model (AutoModelForSequenceClassification, num_labels=1)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = load_model(AutoModelForSequenceClassification, name_or_path, model_args, trust_remote_code,
+                       num_labels=1)  # fmt: skip
+    if model.config.pad_token_id is None:
+        raise UserError(
+            f"Reward model {name_or_path} has no pad_token_id in its config; the score is read at the last "
+            "non-pad token, so set config.pad_token_id (the reward stage does this when it saves)."
+        )
+    return model
 
 
 ADDED_PAD_TOKEN = "<|pad|>"
@@ -86,58 +209,18 @@ def use_distinct_pad(model, tokenizer) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def model_kwargs(model_args=None) -> dict:
-    """from_pretrained keyword arguments from a trl.ModelConfig (dtype, attention, 4/8-bit, remote code)."""
-    if model_args is None:
-        return {}
-    from trl.trainer.utils import get_quantization_config
+def load_callable(spec: str, what: str):
+    """`package.module:function` -> the function (reward functions, labelers)."""
+    import pkgutil
 
-    quantization_config = get_quantization_config(model_args)
-    kwargs = {
-        "revision": model_args.model_revision,
-        # trl 1.16's ModelConfig has no trust_remote_code field: off unless a config type adds it.
-        "trust_remote_code": getattr(model_args, "trust_remote_code", False),
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype
-        if model_args.dtype in (None, "auto")
-        else getattr(__import__("torch"), model_args.dtype),
-    }
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-        from pipeline.training import kbit_device_map
-
-        kwargs["device_map"] = kbit_device_map()
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def load_causal_lm(name_or_path: str, model_args=None, merge_adapter: bool = False, **kwargs):
-    """A causal LM from a plain dir, an adapter dir (base + adapter) or a hub id."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {**model_kwargs(model_args), **kwargs}
+    if ":" not in spec:
+        raise UserError(f"{what} must look like 'package.module:function', got {spec!r}.")
     try:
-        if is_adapter_dir(name_or_path):
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-            return model.merge_and_unload() if merge_adapter else model
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as err:
-        raise _loading_error(name_or_path, err) from err
-
-
-def load_reward_model(name_or_path: str, model_args=None, **kwargs):
-    """A scalar-head reward model (AutoModelForSequenceClassification, num_labels=1)."""
-    from transformers import AutoModelForSequenceClassification
-
-    kwargs = {**model_kwargs(model_args), **kwargs}
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1, **kwargs)
-    except (OSError, ValueError) as err:
-        raise _loading_error(name_or_path, err) from err
-    if model.config.pad_token_id is None:
+        fn = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError, ValueError) as err:
         raise UserError(
-            f"Reward model {name_or_path} has no pad_token_id in its config; the score is read at the last "
-            "non-pad token, so set config.pad_token_id (the reward stage does this when it saves)."
-        )
-    return model
+            f"{what} {spec!r} cannot be imported ({err}); use 'package.module:function'."
+        ) from err
+    if not callable(fn):
+        raise UserError(f"{what} {spec!r} is not callable.")
+    return fn

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import ConfigError, UserError, parse_config, run_main
+from pipeline.config import ConfigError, UserError, parse_config, required, run_main
 from pipeline.model_card import CardInfo, read_data_sources, read_eval, read_hyperparameters, render_card
 
 STAGES = ("base", "sft", "reward", "ppo")
@@ -28,8 +28,8 @@ EXCLUDE = ("training_args.bin", "value_head.safetensors", "*.tmp", "README.md", 
 @dataclass
 class PushArguments:
     stage: str = field(default="ppo", metadata={"help": f"which stage's output to push: one of {STAGES}"})
-    run_dir: str = field(default="runs/tiny", metadata={"help": "run dir holding <stage>/ and eval.json"})
-    recipe_dir: str = field(default="recipes/tiny", metadata={"help": "recipe whose YAML goes on the card"})
+    run_dir: str | None = required("run dir holding <stage>/ and eval.json (runs/<recipe>)")
+    recipe_dir: str | None = required("recipe whose YAML goes on the card (recipes/<recipe>)")
     repo_id: str | None = field(
         default=None, metadata={"help": "'user/name' on the Hub (required unless dry_run)"}
     )

@@ -3,7 +3,9 @@
 The model is `AutoModelForSequenceClassification` with one output (the reward, read at the last non-pad token),
 started from the base model or from the SFT model (an SFT adapter dir is merged into its base first). The loss
 is -log sigmoid(r_chosen - r_rejected - margin), with the data's `margin` column when it has one
-(`use_margin: false` ignores it). Held-out pair accuracy is logged and saved to `eval_results.json`.
+(`use_margin: false` ignores it). Held-out pair accuracy is measured on the saved model with the scorer PPO and
+evaluation use (`pipeline.scoring`), every process scoring its share on its own device, and saved to
+`eval_results.json`.
 
     python -m pipeline.reward --config recipes/tiny/reward.yaml
 
@@ -18,7 +20,8 @@ unused special token, or an added one), so the score of a finished answer is rea
     reward = model(**batch).logits[0, 0]
 
 With LoRA it also keeps the adapter (incl. the trained score head) in `adapter/`. Checkpoints go to
-`<output_dir>.checkpoints/`; `--resume_from_checkpoint true` continues from the last one.
+`<output_dir>.checkpoints/` (`pipeline.outputs`); `--resume_from_checkpoint true` continues from the last one. The
+tokenizer's `model_max_length` is the training `max_length`: longer texts are scored on their last tokens.
 """
 
 from __future__ import annotations
@@ -30,20 +33,19 @@ from pathlib import Path
 
 from trl import RewardConfig
 
-from pipeline.config import UserError, parse_config, run_main
-from pipeline.models import adapter_base_path, is_adapter_dir
+from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.models import is_adapter_dir, load_model, merge_adapter
+from pipeline.outputs import checkpoints_dir, publish, resolve_resume, staging_dir
 from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
-    checkpoint_dir,
+    check_quantized_needs_peft,
+    count_tokens,
     finish_training,
-    load_pretrained,
-    merge_adapter,
-    publish_atomically,
+    peft_config,
     report_engine,
-    resolve_resume,
     save_trained_weights,
-    staging_dir,
+    tokens_per_second,
 )
 
 
@@ -51,11 +53,8 @@ from pipeline.training import (
 class RewardScriptArguments:
     """Which pairs to train on."""
 
-    dataset_path: str = field(
-        default="runs/tiny/data/preference",
-        metadata={
-            "help": "datasets.save_to_disk dir (DatasetDict) with {prompt, chosen, rejected[, margin]} rows"
-        },
+    dataset_path: str | None = required(
+        "datasets.save_to_disk dir (DatasetDict) with {prompt, chosen, rejected[, margin]} rows"
     )
     train_split: str = "train"
     eval_split: str = field(default="test", metadata={"help": "held-out pairs for accuracy ('' to skip)"})
@@ -112,8 +111,7 @@ def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratc
         return str(Path(name_or_path) / "merged")
     from transformers import AutoModelForCausalLM
 
-    merged = merge_adapter(AutoModelForCausalLM, Path(name_or_path), adapter_base_path(name_or_path), model_args,
-                           remote_code)  # fmt: skip
+    merged = merge_adapter(AutoModelForCausalLM, name_or_path, model_args, remote_code)
     merged.save_pretrained(scratch)
     return str(scratch)
 
@@ -123,7 +121,7 @@ def with_pad_embedding(start: str, tokenizer, model_args, remote_code: bool, scr
     (LoRA and the final merge then share one base). The row's value never matters: padding is masked."""
     from transformers import AutoModelForCausalLM
 
-    model = load_pretrained(AutoModelForCausalLM, start, model_args, remote_code, quantize=False)
+    model = load_model(AutoModelForCausalLM, start, model_args, remote_code, quantize=False)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(scratch)
@@ -136,7 +134,6 @@ def main(args=None, callbacks=None):
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
-    from trl.trainer.utils import get_peft_config
 
     from pipeline.models import distinct_pad_token, load_tokenizer
 
@@ -148,7 +145,7 @@ def main(args=None, callbacks=None):
 
     remote_code = training_args.trust_remote_code
     final_dir = Path(training_args.output_dir)
-    checkpoints = checkpoint_dir(training_args.output_dir)
+    checkpoints = checkpoints_dir(final_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
     eos_padded = tokenizer.pad_token_id == tokenizer.eos_token_id
     added_pad = distinct_pad_token(tokenizer)  # the score must be read at the EOS that ends a finished answer
@@ -160,37 +157,33 @@ def main(args=None, callbacks=None):
             start, tokenizer, model_args, remote_code, checkpoints / "start-model-padded"
         )
 
-    # The score head is new weights drawn from torch's RNG while loading; the Trainer seeds only later, in its own
-    # __init__. Seed first so the same config and data give the same reward model on every run.
-    set_seed(training_args.seed)
+    # Loaded here, through the one loader, not by RewardTrainer from the path: TRL 1.16 would read the config at the
+    # default branch, ignoring `revision` (as for SFT), and draw the LoRA weights right after the score head without
+    # reseeding, which gives another reward model for the same seed than the one every learning threshold was sized
+    # on (on seed 0 PPO then exploited it: labeler 0.805 -> -0.078 instead of 1.555). TRL still seeds before LoRA
+    # and sets config.pad_token_id.
+    check_quantized_needs_peft(model_args)
+    count_tokens(training_args)
+    set_seed(training_args.seed)  # the score head is drawn while loading
     with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
-        model = load_pretrained(
-            AutoModelForSequenceClassification,
-            start,
-            model_args,
-            remote_code,
-            gradient_checkpointing=training_args.gradient_checkpointing,
-            num_labels=1,
-            pad_token_id=tokenizer.pad_token_id,  # the score is read at the last non-pad token
-        )
+        model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
+                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
     training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
-    resume = resolve_resume(training_args.resume_from_checkpoint, checkpoints)
     trainer = RewardTrainer(
         model=model,
         args=training_args,
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args),
         callbacks=[*(callbacks or []), tracker],
     )
     report_engine(trainer.accelerator)
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     metrics = dict(train_result.metrics)
-    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(
-        train_result.metrics["train_runtime"], 1e-9
-    )
-    metrics["resumed_from_checkpoint"] = resume
+    metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
+    metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
     if eval_data is not None:  # TRL's running eval metrics; eval_accuracy is recomputed exactly below
         metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
 
@@ -199,21 +192,21 @@ def main(args=None, callbacks=None):
     if trainer.is_world_process_zero():
         if model_args.use_peft:
             merge_reward_adapter(tmp, tokenizer, start, model_args, remote_code)
+        tokenizer.model_max_length = training_args.max_length or tokenizer.model_max_length
         tokenizer.save_pretrained(tmp)
         for scratch in ("start-model", "start-model-padded"):
             shutil.rmtree(checkpoints / scratch, ignore_errors=True)
-        if eval_data is not None:  # exact accuracy of the saved model, on every held-out pair
-            metrics["eval_accuracy"] = pair_accuracy(
-                str(tmp), eval_data, training_args.per_device_eval_batch_size
-            )
-            metrics["eval_pairs"] = len(eval_data)
+    trainer.accelerator.wait_for_everyone()
+    if eval_data is not None:  # exact accuracy of the saved model on every held-out pair, each rank its share
+        metrics.update(heldout_accuracy(str(tmp), eval_data, training_args, trainer.accelerator))
+    if trainer.is_world_process_zero():
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        publish_atomically(tmp, final_dir)
+        publish(tmp, final_dir)
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter + score head, or model)
     tracker.finish()
-    finish_training(trainer, checkpoints, script_args.keep_checkpoints)
+    finish_training(trainer, final_dir, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         if eos_padded:
             print(
@@ -231,41 +224,26 @@ def merge_reward_adapter(tmp: Path, tokenizer, start: str, model_args, remote_co
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     with suppress_seqcls_warning():
-        model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", start, model_args, remote_code,
-                              num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", model_args, remote_code,
+                              base=start, num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(tmp)
 
 
-def pair_scores(model, tokenizer, prompts, responses, batch_size: int = 32, max_length: int | None = None):
-    """Rewards of prompt+response texts, tokenized as RewardTrainer does (text + eos); `max_length` keeps the
-    last tokens (the response end, where the reward is read) of longer texts."""
-    import torch
+def heldout_accuracy(model_dir: str, pairs, training_args, accelerator) -> dict:
+    """Accuracy of the saved reward model on `pairs`, scored as PPO and evaluation score (`pipeline.scoring`).
 
-    scores = []
-    model.eval()
-    for i in range(0, len(prompts), batch_size):
-        texts = [
-            p + r + tokenizer.eos_token
-            for p, r in zip(prompts[i : i + batch_size], responses[i : i + batch_size])
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=max_length is not None,
-                          max_length=max_length).to(model.device)  # fmt: skip
-        with torch.no_grad():
-            scores += model(**batch).logits[:, 0].float().tolist()
-    return scores
+    Every process scores a contiguous share on its own device (`accelerator.device`), so an 8B reward model is
+    never run over thousands of pairs on one CPU while the other ranks wait for it."""
+    from pipeline.scoring import RewardScorer, accuracy, sharded_margins
 
-
-def pair_accuracy(model_dir: str, pairs, batch_size: int = 32, max_length: int | None = None) -> float:
-    """Share of pairs whose chosen response gets the strictly higher reward (the plain saved model, no PEFT)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
-    chosen = pair_scores(model, tokenizer, pairs["prompt"], pairs["chosen"], batch_size, max_length)
-    rejected = pair_scores(model, tokenizer, pairs["prompt"], pairs["rejected"], batch_size, max_length)
-    return sum(c > r for c, r in zip(chosen, rejected)) / max(len(chosen), 1)
+    scorer = RewardScorer(model_dir, device=accelerator.device, batch_size=training_args.per_device_eval_batch_size,
+                          trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+    margins, counts = sharded_margins(scorer, pairs.select_columns(["prompt", "chosen", "rejected"]).to_list(),
+                                      accelerator)  # fmt: skip
+    del scorer
+    return {"eval_accuracy": accuracy(margins), "eval_pairs": len(margins), "eval_pairs_per_process": counts,
+            "eval_device": accelerator.device.type}  # fmt: skip
 
 
 if __name__ == "__main__":

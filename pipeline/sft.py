@@ -21,19 +21,18 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from pipeline.config import UserError, parse_config, run_main
+from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.outputs import checkpoints_dir, publish, resolve_resume, staging_dir
 from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
-    checkpoint_dir,
+    check_quantized_needs_peft,
+    count_tokens,
     finish_training,
-    load_pretrained,
-    merge_adapter,
-    publish_atomically,
+    peft_config,
     report_engine,
-    resolve_resume,
     save_trained_weights,
-    staging_dir,
+    tokens_per_second,
 )
 
 
@@ -41,11 +40,8 @@ from pipeline.training import (
 class SFTScriptArguments:
     """Which data to train on and what to write besides the adapter."""
 
-    dataset_path: str = field(
-        default="runs/tiny/data/sft",
-        metadata={
-            "help": "datasets.save_to_disk dir (DatasetDict) with {prompt, completion} or {messages} rows"
-        },
+    dataset_path: str | None = required(
+        "datasets.save_to_disk dir (DatasetDict) with {prompt, completion} or {messages} rows"
     )
     train_split: str = "train"
     eval_split: str = field(
@@ -92,7 +88,7 @@ def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models import load_tokenizer
+    from pipeline.models import load_model, load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
     tracker = TrackerCallback("sft", training_args.output_dir, training_args, script_args, model_args)
@@ -112,17 +108,14 @@ def main(args=None, callbacks=None):
         if training_args.completion_only_loss is not False:
             training_args.assistant_only_loss = True
 
-    model = load_pretrained(
-        AutoModelForCausalLM,
-        model_args.model_name_or_path,
-        model_args,
-        remote_code,
-        gradient_checkpointing=training_args.gradient_checkpointing,
-    )
+    # Loaded here, through the one loader, not by SFTTrainer from the path: TRL 1.16's create_model_from_path reads
+    # the config at the default branch to pick the model class, ignoring `revision` (tests/test_model_revision.py).
+    check_quantized_needs_peft(model_args)
+    count_tokens(training_args)
+    model = load_model(AutoModelForCausalLM, model_args.model_name_or_path, model_args, remote_code)
     final_dir = Path(training_args.output_dir)
-    checkpoints = checkpoint_dir(training_args.output_dir)
-    training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
-    resume = resolve_resume(training_args.resume_from_checkpoint, checkpoints)
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
     # The base model's held-out loss, measured by the Trainer once it has wrapped the model for data parallelism
     # (a fresh LoRA adapter is a no-op, B = 0, so this is the base model under the same masking). Not a plain
     # evaluate() before train(): that marks the model as prepared unwrapped, and under DDP the ranks then train
@@ -131,7 +124,6 @@ def main(args=None, callbacks=None):
     training_args.eval_on_start = training_args.eval_on_start or measure_base_loss
 
     from trl import SFTTrainer
-    from trl.trainer.utils import get_peft_config
 
     trainer = SFTTrainer(
         model=model,
@@ -139,21 +131,19 @@ def main(args=None, callbacks=None):
         train_dataset=train_data,
         eval_dataset=eval_data,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args),
         callbacks=[*(callbacks or []), tracker],
     )
     report_engine(trainer.accelerator)
 
-    train_result = trainer.train(resume_from_checkpoint=resume)
+    train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     metrics = dict(train_result.metrics)
     if measure_base_loss:
         metrics["base_eval_loss"] = next(
             log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log
         )
-    metrics["train_tokens_per_second"] = trainer._total_train_tokens / max(
-        train_result.metrics["train_runtime"], 1e-9
-    )
-    metrics["resumed_from_checkpoint"] = resume
+    metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
+    metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
     if eval_data is not None:
         metrics.update(trainer.evaluate())
 
@@ -167,7 +157,7 @@ def main(args=None, callbacks=None):
     if training_args.push_to_hub:
         trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
     tracker.finish()
-    finish_training(trainer, checkpoints, script_args.keep_checkpoints)
+    finish_training(trainer, final_dir, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         if "base_eval_loss" in metrics:
             base, tuned = metrics["base_eval_loss"], metrics["eval_loss"]
@@ -183,15 +173,15 @@ def finish_sft_artifact(
     then `tmp` is renamed to `final_dir`."""
     from transformers import AutoModelForCausalLM
 
+    from pipeline.models import merge_adapter
+
     tokenizer.save_pretrained(tmp)
     if merge and model_args.use_peft:
-        merged = merge_adapter(
-            AutoModelForCausalLM, tmp, model_args.model_name_or_path, model_args, remote_code
-        )
+        merged = merge_adapter(AutoModelForCausalLM, tmp, model_args, remote_code)
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
     (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    publish_atomically(tmp, final_dir)
+    publish(tmp, final_dir)
 
 
 if __name__ == "__main__":

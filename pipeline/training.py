@@ -1,15 +1,14 @@
-"""Plumbing shared by the SFT and reward stages: model loading, LoRA defaults, checkpoints, atomic saves.
+"""Plumbing shared by the Trainer-based stages (SFT, reward): LoRA defaults, the adapter's record of its base
+revision, the final save and the end of a distributed run.
 
-Both stages train with a TRL trainer whose `output_dir` is a *checkpoint* folder next to the final artifact
-(`runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`). The artifact itself is written to a temp dir and renamed
-into place at the very end, so `output_dir` either holds a complete model or does not exist, and a crashed run
-resumes from the checkpoint folder with `--resume_from_checkpoint true`.
+Both stages train with a TRL trainer whose `output_dir` is the run's checkpoint folder next to the final artifact
+(`pipeline.outputs`: `runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and
+renamed into place at the very end.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,121 +30,32 @@ class LoraModelConfig(ModelConfig):
     )
 
 
-def checkpoint_dir(output_dir: str) -> Path:
-    """Where the trainer writes `checkpoint-N/` folders: a sibling of the final artifact, never inside it."""
-    final = Path(output_dir)
-    return final.with_name(final.name + ".checkpoints")
+def check_quantized_needs_peft(model_args) -> None:
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise UserError("load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA).")
 
 
-def resolve_resume(value: str | None, checkpoints: Path) -> str | None:
-    """`--resume_from_checkpoint true` -> the newest checkpoint of this run; a path -> that path; unset -> None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if value is None or str(value).lower() in ("", "false", "no", "none"):
-        return None
-    if str(value).lower() in ("true", "yes", "last"):
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-        if last is None:
-            raise UserError(
-                f"--resume_from_checkpoint true, but {checkpoints} holds no checkpoint-N folder. Checkpoints are "
-                "written every `save_steps` steps when save_strategy is 'steps'; drop the flag to start afresh."
-            )
-        return last
-    if not Path(value).is_dir():
-        raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
-    return str(value)
+def count_tokens(training_args) -> None:
+    """The Trainer counts the non-padding tokens it trains on (the tokens/s of the metrics)."""
+    if training_args.include_num_input_tokens_seen in ("no", False, None):
+        training_args.include_num_input_tokens_seen = "non_padding"
 
 
-def torch_dtype(name: str | None):
-    import torch
+def peft_config(model_args):
+    """TRL's LoRA config from the ModelConfig, recording the base's revision in adapter_config.json, so every
+    later stage loads the base the adapter was trained on."""
+    from trl import get_peft_config
 
-    if name in (None, "auto"):
-        return name
-    try:
-        return getattr(torch, name)
-    except AttributeError:
-        raise UserError(
-            f"dtype '{name}' is not a torch dtype (use float32, bfloat16, float16 or auto)."
-        ) from None
+    config = get_peft_config(model_args)
+    if config is not None and model_args.model_revision not in (None, "main"):
+        config.revision = model_args.model_revision
+    return config
 
 
-def kbit_device_map() -> dict | str:
-    """Quantized weights are placed at load time: on this process's GPU (one per rank), else on the CPU."""
-    import torch
-    from accelerate import PartialState
-
-    return {"": PartialState().local_process_index} if torch.cuda.is_available() else "cpu"
-
-
-def load_pretrained(
-    model_class,
-    name_or_path: str,
-    model_args: ModelConfig,
-    trust_remote_code: bool = False,
-    quantize: bool = True,
-    gradient_checkpointing: bool = False,
-    **kwargs,
-):
-    """`model_class.from_pretrained` with the ModelConfig's dtype/attention and, for QLoRA, 4/8-bit
-    bitsandbytes weights prepared for k-bit training. `quantize=False` loads full weights (used for merging)."""
-    from trl.trainer.utils import get_quantization_config
-
-    from pipeline.models import _loading_error
-
-    load_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": trust_remote_code,  # a trainer-config field in TRL 1.16, off by default
-        "dtype": torch_dtype(model_args.dtype),
-        **kwargs,
-    }
-    if model_args.attn_implementation is not None:
-        load_kwargs["attn_implementation"] = model_args.attn_implementation
-    quantization = get_quantization_config(model_args) if quantize else None
-    if quantization is not None:
-        load_kwargs["quantization_config"] = quantization
-        load_kwargs["device_map"] = kbit_device_map()
-    try:
-        model = model_class.from_pretrained(name_or_path, **load_kwargs)
-    except (OSError, ValueError) as err:
-        raise _loading_error(name_or_path, err) from err
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        if not model_args.use_peft:
-            raise UserError(
-                "load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA)."
-            )
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return model
-
-
-def merge_adapter(
-    model_class, adapter_dir: Path, base: str, model_args: ModelConfig, trust_remote_code=False, **kwargs
-):
-    """Base model in full precision + the saved adapter, merged into a plain model.
-
-    The base is reloaded unquantized even after QLoRA: merging into 4-bit weights would round the update away.
-    """
-    from peft import PeftModel
-
-    base_model = load_pretrained(model_class, base, model_args, trust_remote_code, quantize=False, **kwargs)
-    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-
-
-def publish_atomically(tmp: Path, final: Path) -> None:
-    """Rename a fully written temp dir to its final name, replacing an older artifact."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def staging_dir(final: Path, is_main_process: bool) -> Path:
-    """The temp dir an artifact is written to before its rename: same name on every rank, emptied by the main one."""
-    tmp = final.with_name(final.name + ".tmp")
-    if is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    return tmp
+def tokens_per_second(trainer, train_metrics: dict) -> float:
+    """Non-padding training tokens per second of this session (the Trainer counts them)."""
+    seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    return seen / max(train_metrics["train_runtime"], 1e-9)
 
 
 def save_trained_weights(trainer, directory: Path) -> None:
@@ -169,13 +79,12 @@ def local_loading_from_now_on() -> None:
     unset_hf_deepspeed_config()
 
 
-def finish_training(trainer, checkpoints: Path, keep: bool) -> None:
-    """The end of a successful run: drop the checkpoints and shut down the process group.
+def finish_training(trainer, output_dir: Path, keep: bool) -> None:
+    """The end of a successful run: drop the checkpoints (unless `keep`) and shut down the process group."""
+    from pipeline.outputs import remove_checkpoints
 
-    After the final save the checkpoints are only disk space (they exist to resume a crashed run).
-    """
     if not keep and trainer.is_world_process_zero():
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_checkpoints(output_dir)
     trainer.model_wrapped = trainer.model  # the DDP wrapper goes; see end_distributed
     end_distributed(trainer.accelerator)
 

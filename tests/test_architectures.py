@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,8 +174,7 @@ def test_reward_with_lora_tells_finished_from_cut_off(reward, tmp_path):
     from transformers import AutoTokenizer
     from trl import ModelConfig
 
-    from pipeline.evaluate import RewardModel
-    from pipeline.ppo.models import RewardScorer
+    from pipeline.scoring import RewardScorer
 
     tokenizer = AutoTokenizer.from_pretrained(reward)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
@@ -187,12 +185,10 @@ def test_reward_with_lora_tells_finished_from_cut_off(reward, tmp_path):
         [True, False],
     )
     for path in (reward, eos_padded_copy(reward, tmp_path / "eos-padded")):
-        ppo_args = SimpleNamespace(
-            local_rollout_forward_batch_size=4, reward_fn=None, reward_model_path=str(path)
-        )
+        # One scorer serves PPO, evaluation and the reward stage's accuracy; batch sizes 4 and 1 both.
         scorers = {
-            "PPO": RewardScorer(ppo_args, ModelConfig(), torch.device("cpu")),
-            "evaluation": RewardModel(str(path), ModelConfig(), "cpu", batch_size=4),
+            "batch of 4": RewardScorer(str(path), None, ModelConfig(), "cpu", batch_size=4),
+            "batch of 1": RewardScorer(str(path), None, ModelConfig(), "cpu", batch_size=1),
         }
         for name, score in scorers.items():
             finished, cut_off = torch.as_tensor(score(prompts, answers[:1] * 2, ended)).tolist()
@@ -211,8 +207,8 @@ def test_reward_stage_adds_a_pad_token_when_none_is_spare(tokenizer_dir, small_d
     from trl import ModelConfig
 
     from pipeline.models import ADDED_PAD_TOKEN
-    from pipeline.ppo.models import RewardScorer
     from pipeline.reward import main
+    from pipeline.scoring import RewardScorer
     from tests.tiny_models import eos_only
 
     base = build_model_dir("gpt2", eos_only(AutoTokenizer.from_pretrained(tokenizer_dir)), tmp_path / "base")
@@ -232,9 +228,8 @@ def test_reward_stage_adds_a_pad_token_when_none_is_spare(tokenizer_dir, small_d
     eos_padded.config.pad_token_id = tokenizer.eos_token_id
     eos_padded.save_pretrained(tmp_path / "eos-padded")
     AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "eos-padded")
-    args = SimpleNamespace(local_rollout_forward_batch_size=4, reward_fn=None)
     for path in (out, tmp_path / "eos-padded"):
-        score = RewardScorer(SimpleNamespace(**vars(args), reward_model_path=str(path)), ModelConfig(), "cpu")
+        score = RewardScorer(str(path), None, ModelConfig(), "cpu", batch_size=4)
         finished, cut_off = score(["Human: hi"] * 2, [" Hello."] * 2, [True, False]).tolist()
         assert abs(finished - cut_off) > 1e-6, path.name
 
@@ -416,14 +411,14 @@ def leaky_trainer(leaky_model, small_data, tmp_path_factory):
 def test_generation_config_alone_overrides_every_field_it_can(leaky_model):
     """Our GenerationConfig states each processor's field at its neutral value, so transformers has nothing to
     fill in from the model but the fields whose neutral value is 'unset' (here bad_words_ids, min_new_tokens):
-    those are why rollout.generate also swaps our config in as the model's own while it samples (next tests)."""
+    those are why sampling.generate also swaps our config in as the model's own while it samples (next tests)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.ppo.rollout import generation_config
+    from pipeline.sampling import generation_config
 
     model = AutoModelForCausalLM.from_pretrained(leaky_model)
     tokenizer = AutoTokenizer.from_pretrained(leaky_model)
-    ours = generation_config(SimpleNamespace(response_length=1, temperature=0.7), tokenizer)
+    ours = generation_config(1, 0.7, tokenizer)
     merged, _ = model._prepare_generation_config(ours)
     merged._eos_token_tensor = torch.tensor([tokenizer.eos_token_id])
     built = model._get_logits_processor(merged, input_ids_seq_length=4, device="cpu")
@@ -450,7 +445,7 @@ def test_ppo_logs_what_it_set_aside(leaky_trainer):
 def test_ppo_rollouts_are_drawn_from_softmax_logits_over_temperature(leaky_trainer):
     """The processors generation builds are the temperature step alone, and the first sampled token's frequencies
     match softmax(logits / T) of the policy forward PPO trains on, within a stated bound."""
-    from pipeline.ppo.rollout import generate, tokenize_prompts
+    from pipeline.sampling import generate, tokenize_prompts
 
     trainer, T = leaky_trainer[0], leaky_trainer[0].args.temperature
     spy = ProcessorSpy(trainer.model.transformers_model())

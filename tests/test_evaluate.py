@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def assert_valid_png(path: Path) -> None:
 def test_missing_ppo_output_names_the_stage_to_run(tmp_path):
     from pipeline.evaluate import main
 
-    for sub in ("data/eval_prompts", "data/preference", "sft", "reward", "ppo/checkpoints"):
+    for sub in ("data/eval_prompts", "data/preference", "sft", "reward", "ppo.checkpoints/checkpoint-2"):
         (tmp_path / sub).mkdir(parents=True)
     (tmp_path / "sft" / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match=r"make reward"):
@@ -137,7 +138,10 @@ def test_two_processes_shard_and_gather_every_prompt_once(tmp_path, tiny_data, t
     argv = eval_argv(
         tmp_path, tiny_data, tiny_sft, tiny_reward, tiny_sft, "--num_prompts", "9", "--num_pairs", "7"
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as probe:  # a free port: a fixed one can still be held by an earlier run's socket
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "pipeline.evaluate", *argv]  # fmt: skip
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -109,10 +109,16 @@ def test_reward_two_processes_reports_the_global_accuracy(tiny_base, tiny_data, 
 
     from datasets import load_from_disk
 
-    from pipeline.reward import pair_accuracy
+    from pipeline.scoring import pair_accuracy
 
     pairs = load_from_disk(str(tiny_data / "preference"))
     assert_data_parallel(read_ranks(probe), len(pairs["train"]), 16)
     results = json.loads((out / "eval_results.json").read_text())
-    recomputed = pair_accuracy(str(out), pairs["test"], max_length=128)  # one process, every held-out pair
-    assert results["eval_accuracy"] == pytest.approx(recomputed, abs=1e-6)
+    # Each rank scored its own half on its own device (not rank 0 alone on the CPU while the other waits) ...
+    n = len(pairs["test"])
+    assert (
+        results["eval_pairs_per_process"] == [(n + 1) // 2, (n + 1) // 2] and results["eval_device"] == "cpu"
+    )
+    # ... and the halves make the global accuracy of every held-out pair, as one process computes it.
+    recomputed = pair_accuracy(str(out), pairs["test"])
+    assert results["eval_accuracy"] == pytest.approx(recomputed, abs=1e-6) and results["eval_pairs"] == n

@@ -25,3 +25,42 @@ def test_real_hub_id_fails_with_a_clear_offline_error(loader):
 def test_missing_local_dir_names_the_path(tmp_path):
     with pytest.raises(UserError, match="nope"):
         load_causal_lm(str(tmp_path / "nope"))
+
+
+def test_library_noise_is_filtered_by_message_only():
+    """`import pipeline` drops the few library messages a user can do nothing about (pipeline/quiet.py), and only
+    those: another record of the same logger, and other FutureWarnings, still come through."""
+    import logging
+    import warnings
+
+    import pipeline  # noqa: F401  (installs the filters)
+    from pipeline.quiet import NOISY_LOG_RECORDS
+
+    for name, prefix in NOISY_LOG_RECORDS.items():
+        logger = logging.getLogger(name)
+        kept = []
+        handler = logging.Handler()
+        handler.emit = kept.append
+        logger.addHandler(handler)
+        try:
+            logger.warning(prefix + ": No module named 'kernels'")
+            logger.warning("Something the user should see")
+        finally:
+            logger.removeHandler(handler)
+        assert [r.getMessage() for r in kept] == ["Something the user should see"], name
+
+    import transformers
+
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1
+        )  # fmt: skip
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        import pipeline.quiet
+
+        pipeline.quiet.install()  # after simplefilter, as at the start of every stage
+        assert model.is_gradient_checkpointing is False
+        warnings.warn("`some_option` is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["`some_option` is deprecated"]

@@ -49,9 +49,10 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data_prep.task import labeler_scores
+    from pipeline.evaluate import sequence_logprobs
+    from pipeline.models import adapter_base_path
     from pipeline.ppo.core import first_eos_mask
-    from pipeline.ppo.models import adapter_base_path, position_ids_from_mask
-    from pipeline.ppo.rollout import tokenize_prompts
+    from pipeline.sampling import tokenize_prompts
 
     def load(path):
         base = AutoModelForCausalLM.from_pretrained(adapter_base_path(path))
@@ -68,16 +69,9 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
     scores = labeler_scores(
         prompts, tok.batch_decode(responses * mask + tok.pad_token_id * ~mask, skip_special_tokens=True)
     )
-    ids = torch.cat([q["input_ids"], responses], 1)
-    attn = torch.cat([q["attention_mask"], mask.long()], 1)
-    pos = position_ids_from_mask(attn)
-    R = responses.shape[1]
-
-    def logprobs(model):
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -R - 1 : -1] / 0.7
-        return torch.log_softmax(logits.float(), -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-
-    kl = ((logprobs(policy) - logprobs(sft)) * mask).sum(1).mean().item()
+    # The KL as evaluation computes it (k1 on the policy's samples, summed over response tokens).
+    kl = sequence_logprobs(policy, q, responses, mask, 0.7) - sequence_logprobs(sft, q, responses, mask, 0.7)
+    kl = kl.mean().item()
     return sum(scores) / len(scores), kl
 
 
@@ -116,9 +110,10 @@ def run_and_resume(tiny_sft, tiny_data, tmp_path):
     small = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
              "--num_ppo_epochs", "1", "--response_length", "16", "--eval_prompts_path", "null"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    main(ppo_args(tiny_sft, tiny_data, full, *small, "--save_steps", "2"))
-    ckpt = full / "checkpoints" / "step-2"
-    assert (ckpt / "trainer_state.json").is_file() and not list((full / "checkpoints").glob(".tmp-*"))
+    main(ppo_args(tiny_sft, tiny_data, full, *small, "--save_steps", "2", "--keep_checkpoints", "true"))
+    checkpoints = full.with_name("full.checkpoints")
+    ckpt = checkpoints / "checkpoint-2"
+    assert (ckpt / "trainer_state.json").is_file() and not list(checkpoints.glob("*.tmp"))
     trainer = main(ppo_args(tiny_sft, tiny_data, resumed, *small, "--resume_from_checkpoint", str(ckpt)))
     assert [m["step"] for m in read_metrics(resumed)] == [3, 4]
     assert trainer.step == 4
@@ -213,6 +208,28 @@ def test_reward_model_and_value_adapter(tiny_sft, tiny_reward, tiny_data, tmp_pa
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert rows and all(isinstance(r["score"], float) for r in rows)
     assert len(read_metrics(out)) == 2
+
+    # Adapter switching (peft's set_adapter, which freezes every adapter but the active one) left each adapter
+    # training or frozen as it should: the value adapter moved away from the reward-model weights it started from,
+    # the policy away from the SFT adapter, and the reference adapter is the SFT adapter still.
+    def lora(state: dict) -> dict:
+        return {k[k.index("layers.") :]: v for k, v in state.items() if "lora_" in k and "layers." in k}
+
+    started = lora(load_file(tiny_reward / "adapter" / "adapter_model.safetensors"))
+    value = lora(load_file(out / "value" / "adapter_model.safetensors"))
+    assert started.keys() == value.keys() and started
+    moved = [k for k in value if not torch.equal(value[k], started[k])]
+    assert len(moved) == len(value), (
+        f"value adapter tensors that never trained: {sorted(set(value) - set(moved))}"
+    )
+    sft = lora(load_file(tiny_sft / "adapter_model.safetensors"))
+    policy = lora(load_file(out / "adapter_model.safetensors"))
+    assert all(not torch.equal(policy[k], sft[k]) for k in sft)
+    ref = {
+        k.replace(".ref.", "."): v for k, v in lora(dict(model.lm.named_parameters())).items() if ".ref." in k
+    }
+    assert ref.keys() == sft.keys() and all(torch.equal(ref[k].detach(), sft[k]) for k in sft)
+    assert not any(p.requires_grad for n, p in model.lm.named_parameters() if ".ref." in n)
 
 
 @pytest.mark.multiprocess

@@ -130,3 +130,56 @@ def test_sharding_config_on_cpu_warns_that_weights_are_replicated(engine, monkey
     report_engine(accelerator)
     out = capsys.readouterr().out
     assert "Warning" in out and "not sharded" in out and ("FSDP" if engine == "FSDP" else "DeepSpeed") in out
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("eval_strategy", "steps"),
+        ("push_to_hub", "true"),
+        ("torch_compile", "true"),
+        ("label_smoothing_factor", "0.1"),
+    ],
+)
+def test_ppo_refuses_a_trainer_field_it_would_ignore(field, value):
+    """PPOConfig is a TrainingArguments, but its loop is not the Trainer's: a field it would silently ignore is an
+    error naming the field (and where the job is done instead, when there is such a place)."""
+    from pipeline.ppo import CONFIG_TYPES
+
+    with pytest.raises(ConfigError, match=rf"PPO does not use {field}\b"):
+        load_recipe_file(RECIPES / "tiny" / "ppo.yaml", CONFIG_TYPES, [f"--{field}", value])
+
+
+def test_ppo_honours_optim_and_max_steps():
+    """The Trainer fields PPO does read: the optimizer by transformers' name, max_steps over the episode budget."""
+    import torch
+
+    from pipeline.ppo import CONFIG_TYPES
+    from pipeline.ppo.distributed import build_optimizer
+
+    ppo_args, _ = load_recipe_file(
+        RECIPES / "tiny" / "ppo.yaml", CONFIG_TYPES, ["--optim", "sgd", "--max_steps", "3"]
+    )
+    assert ppo_args.max_steps == 3
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    accelerator = type("NoEngine", (), {"distributed_type": None})()
+    assert type(build_optimizer(params, ppo_args, accelerator)) is torch.optim.SGD
+    default, _ = load_recipe_file(RECIPES / "tiny" / "ppo.yaml", CONFIG_TYPES)
+    optimizer = build_optimizer(params, default, accelerator)  # torch's AdamW with PPO's eps, as before
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["eps"] == 1e-5
+
+
+@pytest.mark.parametrize(
+    "stage, key", [("sft", "dataset_path"), ("ppo", "prompts_path"), ("eval", "run_dir")]
+)
+def test_a_missing_path_is_an_error_naming_key_and_file(stage, key, tmp_path):
+    """No stage falls back to the built-in recipe's folders: a real recipe that forgets a path is told so."""
+    source = RECIPES / "tiny" / f"{stage}.yaml"
+    recipe = tmp_path / f"{stage}.yaml"
+    recipe.write_text(
+        "".join(line for line in source.read_text().splitlines(True) if not line.startswith(f"{key}:"))
+    )
+    types = config_types_for(source)
+    with pytest.raises(ConfigError) as err:
+        load_recipe_file(recipe, types, extra_args=cpu_override(types))
+    assert key in str(err.value) and str(recipe) in str(err.value)

@@ -44,7 +44,7 @@ def test_reward_model_is_plain_and_loads_in_a_fresh_process(tiny_reward):
     script = f"""
 import json
 from datasets import load_from_disk
-from pipeline.reward import pair_accuracy
+from pipeline.scoring import pair_accuracy
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained({str(tiny_reward)!r})
 assert type(model).__name__.endswith("ForSequenceClassification"), type(model)
@@ -69,13 +69,13 @@ def test_reward_model_on_real_hh_pairs(tiny_reward, tmp_path):
     from datasets import Dataset
 
     from data_prep.sources import read_and_convert
-    from pipeline.reward import pair_accuracy
+    from pipeline.scoring import pair_accuracy
 
     rows, _ = read_and_convert(str(HH_TEST), "hh_rlhf", max_rows=300)
     pairs = Dataset.from_list(rows)
     accuracy = pair_accuracy(
-        str(tiny_reward), pairs, batch_size=16, max_length=256
-    )  # the tiny model's context
+        str(tiny_reward), pairs, batch_size=16
+    )  # longer texts keep their last 128 tokens
     print(f"tiny reward model on {len(pairs)} real HH-RLHF harmless-base test pairs: accuracy {accuracy:.3f}")
     (tmp_path / "hh.json").write_text(json.dumps({"hh_accuracy": accuracy, "pairs": len(pairs)}))
     assert len(pairs) >= 250 and not math.isnan(accuracy) and 0.0 <= accuracy <= 1.0
@@ -163,7 +163,8 @@ def test_score_head_is_trained_with_lora_by_default():
     from pipeline.reward import CONFIG_TYPES
 
     _, _, model_args = parse_config(
-        CONFIG_TYPES, ["--output_dir", "x", "--model_name_or_path", "m", "--use_cpu", "true"]
+        CONFIG_TYPES,
+        ["--output_dir", "x", "--model_name_or_path", "m", "--dataset_path", "d", "--use_cpu", "true"],
     )
     assert (
         model_args.use_peft

@@ -124,15 +124,32 @@ def test_wrong_columns_are_a_clear_error(tmp_path, tiny_base_path_free_args):
         main([*tiny_base_path_free_args, "--dataset_path", str(tmp_path / "bad")])
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    from pipeline.training import resolve_resume
+def test_one_resume_rule_for_every_stage(tmp_path):
+    """`true`/`latest` -> the newest checkpoint-N of <output_dir>.checkpoints; false/unset -> afresh; a path; the
+    old PPO layout (<output_dir>/checkpoints/step-N) and any other word are errors that say what to do."""
+    from pipeline.outputs import resolve_resume
 
-    assert resolve_resume(None, tmp_path) is None and resolve_resume("false", tmp_path) is None
+    out = tmp_path / "sft"
+    for fresh in (None, "false", "", "none"):
+        assert resolve_resume(fresh, out) is None
     with pytest.raises(UserError, match="holds no checkpoint"):
-        resolve_resume("true", tmp_path)
-    (tmp_path / "checkpoint-5").mkdir()
-    (tmp_path / "checkpoint-10").mkdir()
-    assert resolve_resume("true", tmp_path).endswith("checkpoint-10")
+        resolve_resume("true", out)
+    for step in (5, 10):
+        (tmp_path / "sft.checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (tmp_path / "sft.checkpoints" / "checkpoint-11.tmp").mkdir()  # a checkpoint being written is never picked
+    assert (
+        resolve_resume("true", out)
+        == resolve_resume("latest", out)
+        == tmp_path / "sft.checkpoints/checkpoint-10"
+    )
+    assert resolve_resume(str(tmp_path / "sft.checkpoints/checkpoint-5"), out).name == "checkpoint-5"
+    with pytest.raises(UserError, match="Use true .*false .*or the path"):
+        resolve_resume("yes", out)
+
+    ppo = tmp_path / "ppo"
+    (ppo / "checkpoints" / "step-20").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"old layout.*checkpoint-N"):
+        resolve_resume("true", ppo)
 
 
 def test_lora_is_the_default_on_all_linear_layers():
@@ -140,7 +157,8 @@ def test_lora_is_the_default_on_all_linear_layers():
     from pipeline.sft import CONFIG_TYPES
 
     _, _, model_args = parse_config(
-        CONFIG_TYPES, ["--output_dir", "x", "--model_name_or_path", "m", "--use_cpu", "true"]
+        CONFIG_TYPES,
+        ["--output_dir", "x", "--model_name_or_path", "m", "--dataset_path", "d", "--use_cpu", "true"],
     )
     assert model_args.use_peft is True and model_args.lora_target_modules == "all-linear"
 

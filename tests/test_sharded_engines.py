@@ -118,7 +118,7 @@ def read_scores(out: Path) -> list[float]:
 
 def assert_resumes(engine: str, run: Path, resumed: Path, overrides: tuple[str, ...]) -> None:
     """Resume `run` from its step-1 checkpoint (the engine's own format) and end on exactly the same weights."""
-    step1 = run / "checkpoints" / "step-1"
+    step1 = run.with_name(run.name + ".checkpoints") / "checkpoint-1"
     assert not (step1 / "trainable.safetensors").exists()  # written by save_state: sharded weights, optimizer
     stdout = launch(
         engine, "pipeline.ppo", "ppo.yaml", resumed, *overrides, "--resume_from_checkpoint", str(step1)
@@ -140,7 +140,15 @@ def test_ppo_lora_with_value_adapter_under_sharded_engines_matches_ddp_and_resum
     1e-8 (this test caught it). ZeRO-3 and DDP then differ only in the order gradients are reduced: 1.6e-7 at most
     on these weights (measured), so 1e-5 still catches a wrong eps, clipping value or lost trainable flag."""
     overrides = ppo_overrides(
-        tiny_sft, tiny_reward, tiny_data, "--value_head", "adapter", "--save_steps", "1"
+        tiny_sft,
+        tiny_reward,
+        tiny_data,
+        "--value_head",
+        "adapter",
+        "--save_steps",
+        "1",
+        "--keep_checkpoints",
+        "true",
     )
     engines = ("ddp", *SHARDED, "zero3_offload")
     for engine in engines:
@@ -190,4 +198,4 @@ def test_ppo_refuses_a_deepspeed_config_that_disagrees_with_it(tiny_sft, tiny_re
         "train_micro_batch_size_per_gpu is 4 in the DeepSpeed config; "
         "PPO's per_device_train_batch_size gives 2" in result.stderr + result.stdout
     )
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out.checkpoints").exists()

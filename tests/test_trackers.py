@@ -25,7 +25,7 @@ ALL = "tensorboard,trackio,wandb"
 # 3 PPO steps of 4 episodes, a checkpoint at step 2, sample tables at steps 2 and 3.
 TINY = ["--total_episodes", "12", "--per_device_train_batch_size", "4", "--num_mini_batches", "1",
         "--num_ppo_epochs", "1", "--response_length", "8", "--sample_every", "2", "--num_samples", "2",
-        "--save_steps", "2", "--report_to", ALL, "--project", "rlhf-test"]  # fmt: skip
+        "--save_steps", "2", "--keep_checkpoints", "true", "--report_to", ALL, "--project", "rlhf-test"]  # fmt: skip
 SECRETS = {"HF_TOKEN": "hf_EnvSecret0123456789", "WANDB_API_KEY": "0123456789abcdef" * 2 + "feedbeef" * 1}
 CLI_TOKEN = "hf_CliSecret0123456789"
 
@@ -171,7 +171,7 @@ def test_ppo_resume_and_eval_log_to_tensorboard_trackio_and_wandb(
     monkeypatch.setattr(sys, "argv", ["pipeline.ppo", "--hub_token", CLI_TOKEN])  # what W&B copies
     run = tmp_path / "run"
     out = run / "ppo"
-    main(ppo_args(tiny_sft, tiny_data, out, *TINY, "--hub_token", CLI_TOKEN))
+    main(ppo_args(tiny_sft, tiny_data, out, *TINY))  # PPO refuses --hub_token: it never pushes
     first = read_metrics(out)
     assert [m["step"] for m in first] == [1, 2, 3]
     ident = json.loads((out / "tracking.json").read_text())

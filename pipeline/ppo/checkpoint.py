@@ -1,48 +1,34 @@
 """Atomic PPO checkpoints: trainable weights, optimizer, scheduler, KL coefficient, step and RNG states.
 
-A checkpoint is written to `checkpoints/.tmp-step-N/` and renamed to `checkpoints/step-N/` with os.replace, so a
-crash mid-write never leaves a half checkpoint that resume would pick up. Every rank stores its own RNG state.
+Checkpoints follow every stage's layout (`pipeline.outputs`): `<output_dir>.checkpoints/checkpoint-N/`, written to
+`checkpoint-N.tmp` and renamed, so a crash mid-write never leaves a half checkpoint that resume would pick up.
+Every rank stores its own RNG state.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline import outputs
 from pipeline.config import UserError
 
 STATE_FILE = "trainer_state.json"
 
 
-def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / "checkpoints" / f"step-{step}"
+def is_checkpoint(path: Path) -> bool:
+    """A complete PPO checkpoint (its state file is written last)."""
+    return (path / STATE_FILE).is_file()
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    root = Path(output_dir) / "checkpoints"
-    steps = [int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
-    return checkpoint_dir(output_dir, max(steps)) if steps else None
-
-
-def resolve_resume(spec: str | None, output_dir: str | Path) -> Path | None:
-    if not spec:
-        return None
-    if spec in ("latest", "true", "True"):
-        path = latest_checkpoint(output_dir)
-        if path is None:
-            raise UserError(f"resume_from_checkpoint={spec}: no checkpoint under {output_dir}/checkpoints.")
-        return path
-    path = Path(spec)
-    if not (path / STATE_FILE).is_file():
-        raise UserError(f"resume_from_checkpoint {path} is not a PPO checkpoint (no {STATE_FILE}).")
-    return path
+    found = outputs.list_checkpoints(output_dir, is_checkpoint)
+    return found[-1] if found else None
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -88,11 +74,8 @@ def save_checkpoint(
     a slice of the weights and optimizer state on each rank: Accelerate's save_state writes them in the engine's
     own format (with every rank's RNG); the scheduler is ours in both cases.
     """
-    final = checkpoint_dir(output_dir, step)
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    final = outputs.checkpoint_path(output_dir, step)
+    tmp = outputs.staging_dir(final, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if sharded:
         accelerator.save_state(str(tmp))
@@ -107,19 +90,11 @@ def save_checkpoint(
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        outputs.publish(tmp, final)
         if keep:
-            _prune(Path(output_dir) / "checkpoints", keep)
+            outputs.prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
-
-
-def _prune(root: Path, keep: int) -> None:
-    steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
-    for _, path in steps[:-keep]:
-        shutil.rmtree(path)
 
 
 def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, sharded: bool = False) -> dict:

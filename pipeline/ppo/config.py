@@ -1,10 +1,10 @@
 """PPOConfig: the old TRL PPOConfig field names (so practitioners, and the benchmark, can drive both) on top of
 `transformers.TrainingArguments`, as TRL's OnPolicyConfig did.
 
-Subclassing TrainingArguments gives, for free and under the names everyone knows: learning_rate,
-lr_scheduler_type, warmup_steps/ratio, max_grad_norm, adam_*, weight_decay, bf16/fp16, gradient_checkpointing,
-logging_steps, save_steps, report_to, push_to_hub, seed, resume_from_checkpoint. Fields that make no sense for
-on-policy training (num_train_epochs, eval_strategy, ...) are simply ignored.
+Subclassing TrainingArguments gives, under the names everyone knows, the fields in `HONOURED_TRAINING_ARGUMENTS`
+(optimizer and schedule, precision, checkpointing, logging and trackers, seeds, processes). Every other
+TrainingArguments field (eval_strategy, push_to_hub, torch_compile, ...) has no meaning in this loop: setting one
+is an error that names it, never a silent no-op.
 
 Batch sizes, as in old TRL (per process):
     local_batch_size = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches
@@ -14,22 +14,75 @@ Batch sizes, as in old TRL (per process):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from pipeline.config import ConfigError, required
+
+# The TrainingArguments fields the PPO loop reads. The tracker fields are read by pipeline.tracking; ddp_* and
+# local_rank by the process-group start-up (args.device); deepspeed by Accelerate.
+HONOURED_TRAINING_ARGUMENTS = frozenset(
+    [
+        "output_dir",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "max_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "lr_scheduler_kwargs",
+        "warmup_steps",
+        "optim",
+        "optim_args",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "bf16",
+        "fp16",
+        "activation_checkpointing",
+        "gradient_checkpointing",
+        "logging_steps",
+        "disable_tqdm",  # PPO prints a line every logging_steps, never a progress bar: nothing to disable
+        "save_steps",
+        "save_total_limit",
+        "resume_from_checkpoint",
+        "seed",
+        "use_cpu",
+        "report_to",
+        "run_name",
+        "project",
+        "trackio_space_id",
+        "trackio_bucket_id",
+        "trackio_static_space_id",
+        "ddp_backend",
+        "ddp_timeout",
+        "local_rank",
+        "deepspeed",
+    ]
+)
+REFUSAL_HINTS = {
+    "push_to_hub": "push the finished policy with `make push STAGE=ppo` (python -m pipeline.push)",
+    "hub_model_id": "push the finished policy with `make push STAGE=ppo HUB_REPO=...`",
+    "eval_strategy": "PPO samples `eval_prompts_path` every `sample_every` steps; `make eval` scores the policy",
+    "save_strategy": "PPO saves every `save_steps` steps (0: never)",
+    "fsdp": "choose FSDP in the Accelerate config (recipes/accelerate/fsdp.yaml)",
+    "gradient_checkpointing_kwargs": "PPO always checkpoints with use_reentrant=False",
+    "activation_checkpointing_kwargs": "PPO always checkpoints with use_reentrant=False",
+}
 
 
 @dataclass
 class PPOConfig(TrainingArguments):
     # --- models and data -----------------------------------------------------------------------------------
-    sft_model_path: str = field(
-        default="runs/tiny/sft",
-        metadata={
-            "help": "SFT policy: a PEFT adapter dir (the policy continues that adapter) or a plain model"
-        },
+    sft_model_path: str | None = required(
+        "SFT policy: a PEFT adapter dir (the policy continues that adapter) or a plain model"
     )
     reward_model_path: str | None = field(
-        default="runs/tiny/reward",
+        default=None,
         metadata={
             "help": "AutoModelForSequenceClassification dir; its tokenizer may differ from the policy's"
         },
@@ -40,11 +93,12 @@ class PPOConfig(TrainingArguments):
             "help": "'module:function' with f(prompts, responses) -> list[float]; replaces the reward model"
         },
     )
-    prompts_path: str = field(
-        default="runs/tiny/data/prompts", metadata={"help": "datasets dir with `prompt`"}
-    )
+    prompts_path: str | None = required("datasets dir with `prompt` (runs/<recipe>/data/prompts)")
     eval_prompts_path: str | None = field(
-        default="runs/tiny/data/eval_prompts", metadata={"help": "held-out prompts for the sample table"}
+        default=None, metadata={"help": "held-out prompts for the sample table (none: no table)"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run model code from the hub (off: only transformers' own classes)"}
     )
     prompt_field: str = "prompt"
     max_prompt_length: int = field(default=512, metadata={"help": "longer prompts keep their last tokens"})
@@ -100,21 +154,38 @@ class PPOConfig(TrainingArguments):
     )
     num_samples: int = field(default=4, metadata={"help": "rows in the sample table"})
     save_merged: bool = field(default=True, metadata={"help": "also write merged/ (a plain merged policy)"})
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
+    )
     # --- TrainingArguments defaults changed for PPO --------------------------------------------------------
-    output_dir: str | None = "runs/tiny/ppo"
+    output_dir: str | None = required("where the policy is written (runs/<recipe>/ppo)")
     learning_rate: float = 3e-6
+    optim: str = field(
+        default="adamw_torch",
+        metadata={"help": "any TrainingArguments optimizer name; default torch's AdamW"},
+    )
     per_device_train_batch_size: int = 64
     logging_steps: float = 1
     adam_epsilon: float = 1e-5  # N+ implementation details: Adam eps 1e-5, as in the OpenAI code
     save_steps: float = 0
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "a checkpoint dir, or 'latest' for the newest in output_dir/checkpoints"},
+        metadata={
+            "help": "true: the newest checkpoint of this run (<output_dir>.checkpoints); a path; false"
+        },
     )
+
+    # Checked by pipeline.config.parse_config against the keys a recipe or command line gives.
+    @staticmethod
+    def refused_fields() -> set[str]:
+        return unused_training_arguments()
+
+    @staticmethod
+    def refusal(names: list[str], source: str) -> str:
+        return refusal(names, source)
 
     def __post_init__(self):
         super().__post_init__()
-        from pipeline.config import ConfigError
 
         # On the command line `--reward_model_path null` must mean None, as it does in YAML.
         for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint"):
@@ -135,7 +206,7 @@ class PPOConfig(TrainingArguments):
             raise ConfigError(f"reward_fn must look like 'package.module:function', got {self.reward_fn!r}.")
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled rollouts.")
-        from pipeline.ppo.rollout import check_untruncated
+        from pipeline.sampling import check_untruncated
 
         check_untruncated(self.top_k, self.top_p, "PPO")
         for name in (
@@ -146,3 +217,23 @@ class PPOConfig(TrainingArguments):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+def unused_training_arguments() -> set[str]:
+    """The TrainingArguments fields the PPO loop never reads."""
+    own = {f.name for f in dataclasses.fields(PPOConfig)} - {
+        f.name for f in dataclasses.fields(TrainingArguments)
+    }
+    return {
+        f.name
+        for f in dataclasses.fields(TrainingArguments)
+        if f.init and f.name not in HONOURED_TRAINING_ARGUMENTS and f.name not in own
+    }
+
+
+def refusal(names: list[str], source: str) -> str:
+    hints = "; ".join(f"{name}: {REFUSAL_HINTS[name]}" for name in names if name in REFUSAL_HINTS)
+    return (
+        f"{source}: PPO does not use {', '.join(names)} (TrainingArguments field(s) with no meaning in the PPO "
+        "loop): remove them from the recipe or the command line." + (f" {hints}." if hints else "")
+    )

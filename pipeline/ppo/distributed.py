@@ -67,25 +67,23 @@ def configure_engine(accelerator, args) -> None:
 
 
 def build_optimizer(params: list[nn.Parameter], args, accelerator) -> torch.optim.Optimizer:
-    """torch's AdamW with the PPO config's betas, eps and weight decay, under every engine.
+    """The optimizer `args.optim` names (transformers' own table: adamw_torch, adamw_torch_fused, adafactor,
+    sgd, ...), with the PPO config's lr, betas, eps and weight decay, under every engine.
 
     When ZeRO offloads the optimizer, Accelerate swaps a torch optimizer for DeepSpeed's CPU Adam and keeps only
     its lr and weight decay, so PPO's `adam_epsilon` (1e-5) silently became DeepSpeed's default 1e-8. Keep our own
     optimizer instead (`zero_force_ds_cpu_optimizer` off): DeepSpeed then steps it on the offloaded state, with the
     same arithmetic as under every other engine. (DeepSpeed's CPU Adam is faster on big models, but its SIMD
     arithmetic moved these weights by up to 7e-5 from DDP's over 8 steps: not a drop-in replacement.)"""
+    from transformers import Trainer
+
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         config = accelerator.state.deepspeed_plugin.deepspeed_config
         offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
         if offload not in (None, "none"):
             config["zero_force_ds_cpu_optimizer"] = False
-    return torch.optim.AdamW(
-        params,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    return optimizer_cls(params, weight_decay=args.weight_decay, **kwargs)
 
 
 def describe_optimizer(optimizer) -> str:

@@ -7,43 +7,28 @@ With LoRA (the default) ONE frozen base model serves every role:
     value      a scalar head on the policy's last hidden state ("shared": one forward gives logits and values),
                or on a separate trainable adapter "value" ("adapter"), initialised from the reward model's
                LoRA adapter when it was trained on the same base (InstructGPT initialises V from the RM)
-The reward model is separate (`RewardScorer`): it may have another tokenizer, or be a Python function.
+The reward model is separate (`pipeline.scoring.RewardScorer`): it may have another tokenizer, or be a function.
 Full fine-tuning keeps a frozen copy of the SFT model as reference and supports the shared value head.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.config import UserError
-from pipeline.models import use_distinct_pad
+from pipeline.models import adapter_base_path, is_adapter_dir, load_base_of, load_model, same_model_path
+from pipeline.sampling import position_ids_from_mask, response_logits
 
 logger = logging.getLogger(__name__)
 
 POLICY, REF, VALUE = "default", "ref", "value"
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def adapter_base_path(adapter_dir: str | Path) -> str:
-    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
-
-
-def _same_model_path(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
 
 
 class PolicyWithValueHead(nn.Module):
@@ -60,9 +45,7 @@ class PolicyWithValueHead(nn.Module):
         self.value_head = value_head
         self.value_adapter = value_adapter
         self.ref_adapter = ref_adapter
-        # peft's set_adapter() marks only the active adapter trainable; remember who really trains. By name, not
-        # by Parameter object: FSDP2 replaces the parameters with sharded ones when Accelerate prepares the model.
-        self._lora_grad = {n: p.requires_grad for n, p in lm.named_parameters() if "lora_" in n}
+        self.trainable_adapters = [POLICY, VALUE] if value_adapter else [POLICY]
 
     def generate(self, **kwargs) -> torch.Tensor:
         """Sample from the LM head. A method of the root module, not a call to `self.lm.generate`, so that under
@@ -115,18 +98,15 @@ class PolicyWithValueHead(nn.Module):
     # --- adapter switching -----------------------------------------------------------------------------------
     @contextmanager
     def _active_adapter(self, name: str) -> Iterator[None]:
-        self.lm.set_adapter(name)
-        self._restore_requires_grad()
+        """`name` answers the forward passes within; peft's set_adapter() freezes every other adapter (and makes
+        the active one trainable), so the adapters that train are made trainable again, by peft, each time."""
+        self.lm.set_adapter(name, inference_mode=name not in self.trainable_adapters)
+        self.lm.set_requires_grad(self.trainable_adapters, requires_grad=True)
         try:
             yield
         finally:
             self.lm.set_adapter(POLICY)
-            self._restore_requires_grad()
-
-    def _restore_requires_grad(self) -> None:
-        for name, param in self.lm.named_parameters():
-            if name in self._lora_grad:
-                param.requires_grad_(self._lora_grad[name])
+            self.lm.set_requires_grad(self.trainable_adapters, requires_grad=True)
 
     @contextmanager
     def reference(self) -> Iterator[None]:
@@ -153,16 +133,9 @@ class PolicyWithValueHead(nn.Module):
         with_values: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits predicting each response token and the value of the state before it: (B, R, V), (B, R)."""
-        position_ids = position_ids_from_mask(attention_mask)
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=response_length + 1,
-            output_hidden_states=with_values and not self.value_adapter,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]
+        out = response_logits(self.lm, input_ids, attention_mask, response_length,
+                              output_hidden_states=with_values and not self.value_adapter)  # fmt: skip
+        logits = out.logits
         if not with_values:
             return logits, None
         if self.value_adapter:
@@ -170,7 +143,7 @@ class PolicyWithValueHead(nn.Module):
                 hidden = self.backbone()(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
-                    position_ids=position_ids,
+                    position_ids=position_ids_from_mask(attention_mask),
                     use_cache=False,
                 ).last_hidden_state
         else:
@@ -196,26 +169,7 @@ def disable_dropout(model: nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _load_kwargs(model_args, device_map) -> dict:
-    from trl.trainer.utils import get_quantization_config
-
-    dtype = model_args.dtype
-    kwargs = {"dtype": getattr(torch, dtype) if dtype not in (None, "auto") else dtype}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    quantization = get_quantization_config(model_args)
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = device_map
-    return kwargs
-
-
-def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.Module | None]:
+def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None]:
     """Build the two-headed policy (and, for full fine-tuning only, a frozen reference model)."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
@@ -232,13 +186,20 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
         logger.info("sft_model_path is a LoRA adapter: the policy continues it with LoRA (for full fine-tuning "
                     "point sft_model_path at the merged SFT model).")  # fmt: skip
     base_path = adapter_base_path(sft) if sft_is_adapter else sft
-    kwargs = _load_kwargs(model_args, device_map)
-    base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
-    if "quantization_config" in kwargs:
+    remote_code = args.trust_remote_code
+
+    def load_base():  # at the revision the SFT adapter recorded; a plain SFT model is a local dir
+        if sft_is_adapter:
+            return load_base_of(sft, AutoModelForCausalLM, model_args, remote_code)
+        return load_model(AutoModelForCausalLM, sft, model_args, remote_code)
+
+    base = load_base()
+    quantized = getattr(base, "is_quantized", False)
+    if quantized:
         base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=bool(args.gradient_checkpointing)
+            base, use_gradient_checkpointing=bool(args.activation_checkpointing)
         )
-    elif args.gradient_checkpointing:
+    elif args.activation_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     ref_model = None
@@ -247,10 +208,10 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
             raise UserError(
                 "value_head: adapter needs LoRA (use_peft: true); full fine-tuning uses value_head: shared."
             )
-        if "quantization_config" in kwargs:
+        if quantized:
             raise UserError("A 4-bit base cannot be fully fine-tuned; set use_peft: true (QLoRA).")
         lm = base
-        ref_model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs).eval().requires_grad_(False)
+        ref_model = load_base().eval().requires_grad_(False)
         disable_dropout(ref_model)
     elif sft_is_adapter:
         lm = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
@@ -264,10 +225,11 @@ def load_policy(args, model_args, device_map) -> tuple[PolicyWithValueHead, nn.M
     nn.init.zeros_(value_head.bias)
     if use_lora and args.value_head == "adapter":
         _add_value_adapter(lm, args, value_head, base_path)
-    if use_lora:
+    if use_lora:  # the policy (and value) adapters train; the reference adapter and the base stay frozen
         lm.set_adapter(POLICY)
-        for name, param in lm.named_parameters():
-            param.requires_grad_("lora_" in name and f".{REF}." not in name)
+        lm.set_requires_grad(
+            [POLICY, VALUE] if args.value_head == "adapter" else [POLICY], requires_grad=True
+        )
     disable_dropout(lm)  # N+ details: dropout would make logprobs differ between rollout and training
     model = PolicyWithValueHead(
         lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter
@@ -285,7 +247,7 @@ def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
     if (
         args.reward_model_path
         and is_adapter_dir(reward_adapter)
-        and _same_model_path(adapter_base_path(reward_adapter), base_path)
+        and same_model_path(adapter_base_path(reward_adapter), base_path)
     ):
         reward_config = json.loads((reward_adapter / "adapter_config.json").read_text())
         config = LoraConfig(
@@ -318,66 +280,3 @@ def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
                 task_type="CAUSAL_LM",
             ),
         )
-
-
-class RewardScorer:
-    """Scores (prompt, response) texts with a reward model (its own tokenizer) or a user's Python function."""
-
-    def __init__(self, args, model_args, device: torch.device, device_map=None):
-        self.batch_size = args.local_rollout_forward_batch_size
-        self.device = device
-        self.fn: Callable | None = None
-        if args.reward_fn:
-            self.fn = load_callable(args.reward_fn)
-            return
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        path = args.reward_model_path
-        if not Path(path).exists():
-            raise UserError(
-                f"reward_model_path {path} does not exist. Run the reward stage (make reward) first."
-            )
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "right"
-        kwargs = _load_kwargs(model_args, device_map)
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(path, **kwargs).eval().requires_grad_(False)
-        )
-        use_distinct_pad(self.model, self.tokenizer)  # the score is read at the EOS of a finished answer
-        if "quantization_config" not in kwargs:
-            self.model.to(device)
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str], ended: list[bool]) -> torch.Tensor:
-        if self.fn is not None:
-            scores = self.fn(prompts, responses)
-            if len(scores) != len(prompts):
-                raise UserError(f"reward_fn returned {len(scores)} scores for {len(prompts)} responses.")
-            return torch.tensor([float(s) for s in scores], dtype=torch.float32, device=self.device)
-        # The reward stage trained on prompt + response + EOS: append EOS to the responses that ended.
-        eos = self.tokenizer.eos_token or ""
-        texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]
-        scores = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True).to(
-                self.model.device
-            )
-            scores.append(self.model(**batch).logits[:, 0].float())
-        return torch.cat(scores).to(self.device)
-
-
-def load_callable(spec: str) -> Callable:
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise UserError(
-            f"reward_fn {spec!r} cannot be imported ({err}). Use 'package.module:function'."
-        ) from err
-    if not callable(fn):
-        raise UserError(f"reward_fn {spec!r} is not callable.")
-    return fn
-
-
-def reference_context(model: PolicyWithValueHead, ref_model: nn.Module | None):
-    return nullcontext() if ref_model is not None else model.reference()

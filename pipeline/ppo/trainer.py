@@ -8,7 +8,6 @@ score lands on the last response token, advantages are whitened, dropout is off.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -19,30 +18,26 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import get_scheduler
 from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import entropy_from_logits
 
-from pipeline import tracking
+from pipeline import outputs, tracking
 from pipeline.config import UserError
+from pipeline.models import load_tokenizer
 from pipeline.ppo import core, distributed
-from pipeline.ppo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from pipeline.ppo.models import (
-    POLICY,
-    VALUE,
-    RewardScorer,
-    load_policy,
-    position_ids_from_mask,
-    reference_context,
-)
-from pipeline.ppo.rollout import (
+from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.ppo.models import POLICY, VALUE, load_policy
+from pipeline.sampling import (
     generate,
     generation_config,
+    response_logits,
+    response_logprobs,
+    sampled_logits,
     sampling_summary,
     set_aside,
     tokenize_prompts,
 )
+from pipeline.scoring import RewardScorer
 from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
-
-logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -86,13 +81,12 @@ class PPOTrainer:
         self.sharded = distributed.is_sharded(acc)  # FSDP / DeepSpeed: saves and checkpoints are collective
         self.synced_gpus = distributed.synced_generation(acc)
         set_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(args.sft_model_path)
-        if self.tokenizer.pad_token is None:
+        if not Path(args.sft_model_path).exists():
             raise UserError(
-                f"The tokenizer at {args.sft_model_path} has no pad token; the SFT stage must set one."
+                f"sft_model_path {args.sft_model_path} does not exist. Run the SFT stage first (make sft) or fix "
+                "the path."
             )
+        self.tokenizer = load_tokenizer(args.sft_model_path, trust_remote_code=args.trust_remote_code)
         self.prompts = load_prompts(args.prompts_path, args.prompt_field)
         self.eval_prompts = load_prompts(args.eval_prompts_path, args.prompt_field)[: args.num_samples]
 
@@ -102,14 +96,17 @@ class PPOTrainer:
         )
         self.batch_size = self.local_batch_size * acc.num_processes
         self.local_mini_batch_size = self.local_batch_size // args.num_mini_batches
-        total = args.total_episodes or int(args.num_train_epochs * len(self.prompts))
-        self.num_steps = max(1, math.ceil(total / self.batch_size))
+        if args.max_steps > 0:  # as in the Trainer: max_steps wins over the episode budget
+            self.num_steps = args.max_steps
+        else:
+            total = args.total_episodes or int(args.num_train_epochs * len(self.prompts))
+            self.num_steps = max(1, math.ceil(total / self.batch_size))
 
-        device_map = (
-            {"": acc.local_process_index} if torch.cuda.is_available() and not args.use_cpu else {"": "cpu"}
-        )
-        self.model, self.ref_model = load_policy(args, model_args, device_map)
-        self.scorer = RewardScorer(args, model_args, acc.device, device_map)
+        self.model, self.ref_model = load_policy(args, model_args)
+        self.scorer = RewardScorer(
+            args.reward_model_path, args.reward_fn, model_args, acc.device,
+            args.local_rollout_forward_batch_size, args.trust_remote_code,
+        )  # fmt: skip
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = distributed.build_optimizer(params, args, acc)
         self.scheduler = get_scheduler(
@@ -117,20 +114,21 @@ class PPOTrainer:
             self.optimizer,
             num_warmup_steps=args.get_warmup_steps(self.num_steps),
             num_training_steps=self.num_steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs or None,
         )
         distributed.configure_engine(acc, args)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         distributed.register_generate(self.model)
         if self.ref_model is not None:
             self.ref_model = distributed.place_reference(self.ref_model, acc)
-        if getattr(self.scorer, "model", None) is not None:
+        if self.scorer.model is not None:
             self.scorer.model = distributed.place_reward_model(self.scorer.model, acc)
         self.kl_ctl = (
             core.AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
             if args.adaptive_kl
             else core.FixedKLController(args.kl_coef)
         )
-        self.gen_config = generation_config(args, self.tokenizer)
+        self.gen_config = generation_config(args.response_length, args.temperature, self.tokenizer)
         if acc.is_main_process:
             ignored = set_aside(acc.unwrap_model(self.model), self.gen_config)
             print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
@@ -169,29 +167,17 @@ class PPOTrainer:
         ]
 
     # --- forward helpers ------------------------------------------------------------------------------------
-    def _sampled_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The logits of the distribution rollouts are drawn from, softmax(logits / T): log-probs and entropy."""
-        return logits / (self.args.temperature + 1e-7)
-
     def _logprobs(self, logits: torch.Tensor, responses: torch.Tensor) -> torch.Tensor:
-        return selective_log_softmax(self._sampled_logits(logits), responses)
+        return response_logprobs(logits, responses, self.args.temperature)
 
     @torch.no_grad()
     def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
         R = responses.shape[1]
-        if self.ref_model is not None:
-            # The positions the policy forward uses: left padding would shift learned absolute ones (GPT-2).
-            position_ids = position_ids_from_mask(attention_mask)
-            logits = self.ref_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                logits_to_keep=R + 1,
-                use_cache=False,
-            ).logits[:, :-1]
-        else:
+        if self.ref_model is not None:  # full fine-tuning: the frozen copy of the SFT model
+            logits = response_logits(self.ref_model, input_ids, attention_mask, R).logits
+        else:  # LoRA: the same base with the reference adapter (or no adapter)
             model = self.accelerator.unwrap_model(self.model)
-            with reference_context(model, None):
+            with model.reference():
                 logits, _ = model(input_ids, attention_mask, R, with_values=False)
         return self._logprobs(logits, responses)
 
@@ -238,7 +224,7 @@ class PPOTrainer:
         return dict(
             input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, logprobs=logprobs,
             values=values * mask, advantages=advantages, returns=returns, scores=scores, kl=kl, non_score=non_score,
-            ended=ended, texts=texts, ref_logprobs=ref_logprobs,
+            ended=ended, texts=texts,
         )  # fmt: skip
 
     def update(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -272,7 +258,7 @@ class PPOTrainer:
                         self.optimizer.zero_grad()
                     with torch.no_grad():
                         # TRL's policy/entropy_avg: the entropy of the distribution sampled, softmax(logits / T).
-                        sampled = self._sampled_logits(logits.detach())
+                        sampled = sampled_logits(logits.detach(), args.temperature)
                         entropy = core.masked_mean(entropy_from_logits(sampled), mb["mask"])
                         ratio = torch.exp(new_logprobs.detach() - mb["logprobs"])
                     for key, value in (
@@ -290,12 +276,10 @@ class PPOTrainer:
         # Collective, so every rank stops together instead of one rank hanging in the next all-reduce.
         bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
         if self.accelerator.reduce(bad, "sum").item() > 0:
-            from pipeline.ppo.checkpoint import latest_checkpoint
-
             raise NonFiniteError(
                 f"NaN/Inf in the {what} at step {self.step + 1}: stopping. The last good checkpoint is "
                 f"{latest_checkpoint(self.output_dir) or '(none saved yet)'}; lower learning_rate or check the "
-                "reward model/function, then resume with --resume_from_checkpoint latest."
+                "reward model/function, then resume with --resume_from_checkpoint true."
             )
 
     def _metrics(self, batch: dict, stats: dict, start_time: float, start_episode: int) -> dict[str, float]:
@@ -328,7 +312,7 @@ class PPOTrainer:
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         args, acc = self.args, self.accelerator
-        resume = resolve_resume(args.resume_from_checkpoint, self.output_dir)
+        resume = outputs.resolve_resume(args.resume_from_checkpoint, self.output_dir, is_checkpoint)
         state = {}
         if resume is not None:
             state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler, self.sharded)
@@ -368,6 +352,8 @@ class PPOTrainer:
             identity = {**self.tracking.identity, "step": self.step}
             tracking.write_identity(self.output_dir / tracking.IDENTITY_FILE, identity)
         self.tracking.finish()
+        if not args.keep_checkpoints and acc.is_main_process:
+            outputs.remove_checkpoints(self.output_dir)
         self.model = acc.unwrap_model(self.model)  # the DDP wrapper goes before the process group
         end_distributed(acc)
 
@@ -461,6 +447,8 @@ class PPOTrainer:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
+        from pipeline.models import load_base_of
+
         if not hasattr(lm, "peft_config"):
             lm.save_pretrained(merged_dir, state_dict=lm_state)
         else:
@@ -468,9 +456,8 @@ class PPOTrainer:
             # the training model still carries the reference and value adapters.
             trained = lm.get_base_model()
             dtype = torch.bfloat16 if getattr(trained, "is_loaded_in_4bit", False) else trained.dtype
-            base = AutoModelForCausalLM.from_pretrained(
-                lm.peft_config[POLICY].base_model_name_or_path, dtype=dtype
-            )
+            base = load_base_of(self.output_dir, AutoModelForCausalLM, None, self.args.trust_remote_code,
+                                dtype=dtype)  # fmt: skip
             merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
             merged.save_pretrained(merged_dir)
         self.tokenizer.save_pretrained(merged_dir)

@@ -1,4 +1,5 @@
-"""Rollouts: batched sampling from the current policy (left padding, KV cache), truncated at the first EOS.
+"""Sampling and response log-probs, shared by PPO's rollouts and evaluation: batched sampling from a policy
+(left padding, KV cache), truncated at the first EOS, and the log-probs of those responses under any causal LM.
 
 Sampling comes from our settings alone. PPO's log-probs, ratios and KL are those of softmax(logits / temperature)
 over the whole vocabulary, so a rollout drawn from anything else is off-policy. transformers 5.x fills every
@@ -44,12 +45,12 @@ def check_untruncated(top_k: int | None, top_p: float, stage: str) -> None:
         )
 
 
-def generation_config(args, tokenizer) -> GenerationConfig:
-    """Plain sampling at `args.temperature`, every other logits processor off, stated field by field."""
+def generation_config(max_new_tokens: int, temperature: float, tokenizer) -> GenerationConfig:
+    """Plain sampling at `temperature`, every other logits processor off, stated field by field."""
     return GenerationConfig(
-        max_new_tokens=args.response_length,
+        max_new_tokens=max_new_tokens,
         do_sample=True,
-        temperature=args.temperature,
+        temperature=temperature,
         top_k=0,
         top_p=1.0,
         eos_token_id=tokenizer.eos_token_id,
@@ -140,3 +141,42 @@ def generate(
         )
         responses.append(truncate_after_eos(response, eos, pad))
     return torch.cat(responses)
+
+
+# --- response log-probs --------------------------------------------------------------------------------------
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(
+    lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, **kwargs
+):
+    """The model output whose `.logits` (B, R, V) predict each of the last `response_length` tokens.
+
+    Positions count real tokens only (left padding would shift learned absolute positions, as in GPT-2), and the
+    vocabulary projection is computed for the response positions alone (`logits_to_keep`)."""
+    out = lm(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=response_length + 1,
+        use_cache=False,
+        **kwargs,
+    )
+    out.logits = out.logits[:, :-1]
+    return out
+
+
+def sampled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The logits of the distribution responses are drawn from, softmax(logits / T): log-probs and entropy."""
+    return logits / (temperature + 1e-7)
+
+
+def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token | context) of each response token at the sampling temperature: (B, R)."""
+    from trl.trainer.utils import selective_log_softmax
+
+    return selective_log_softmax(sampled_logits(logits, temperature), responses)
