@@ -71,28 +71,23 @@ def parse_config(dataclass_types: Sequence[type], args: Sequence[str] | None = N
     from trl import TrlParser
 
     args = list(sys.argv[1:] if args is None else args)
+    source, config = "the command line", {}
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
             raise ConfigError("--config needs a file path.")
-        check_keys(read_yaml(args[i + 1]), dataclass_types, args[i + 1])
+        source, config = args[i + 1], read_yaml(args[i + 1])
+        check_keys(config, dataclass_types, source)
+    # The keys a user set (the file's and the command line's `--field` flags), before any of them is applied.
+    given = set(config) | {a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"}
+    check_refused(given, dataclass_types, source)
     parser = TrlParser(list(dataclass_types))
     try:
         parsed = tuple(parser.parse_args_and_config(args))
     except SystemExit as err:  # argparse already printed which argument it could not read
         raise ConfigError(f"Could not parse the command line {args}; see the message above.") from err
-    source = args[args.index("--config") + 1] if "--config" in args else "the command line"
-    check_refused(given_keys(args), dataclass_types, source)
     check_required(parsed, source)
     return parsed
-
-
-def given_keys(args: Sequence[str]) -> set[str]:
-    """The fields a user set: the keys of the `--config` file and the `--field` flags of the command line."""
-    keys = {a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a != "--config"}
-    if "--config" in args:
-        keys |= set(read_yaml(args[args.index("--config") + 1]))
-    return keys
 
 
 def check_refused(given: set[str], dataclass_types: Sequence[type], source: str) -> None:

@@ -31,7 +31,9 @@ class LoraModelConfig(ModelConfig):
 
 
 def check_quantized_needs_peft(model_args) -> None:
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+    from pipeline.models import is_quantized
+
+    if is_quantized(model_args) and not model_args.use_peft:
         raise UserError("load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA).")
 
 

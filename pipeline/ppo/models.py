@@ -225,15 +225,13 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
     nn.init.zeros_(value_head.bias)
     if use_lora and args.value_head == "adapter":
         _add_value_adapter(lm, args, value_head, base_path)
-    if use_lora:  # the policy (and value) adapters train; the reference adapter and the base stay frozen
-        lm.set_adapter(POLICY)
-        lm.set_requires_grad(
-            [POLICY, VALUE] if args.value_head == "adapter" else [POLICY], requires_grad=True
-        )
     disable_dropout(lm)  # N+ details: dropout would make logprobs differ between rollout and training
     model = PolicyWithValueHead(
         lm, value_head, value_adapter=args.value_head == "adapter", ref_adapter=sft_is_adapter
     )
+    if use_lora:  # the policy (and value) adapters train; the reference adapter and the base stay frozen
+        lm.set_adapter(POLICY)
+        lm.set_requires_grad(model.trainable_adapters, requires_grad=True)
     return model, ref_model
 
 
