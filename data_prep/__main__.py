@@ -2,6 +2,7 @@
 
 python -m data_prep build --config recipes/tiny/data.yaml [--field value ...]
 python -m data_prep convert --input FILE_OR_HUB_ID --format hh_rlhf --output DIR [--column_mapping ...]
+python -m data_prep build|convert --help    (every option of the command)
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ def main(args: Sequence[str] | None = None):
     if command == "build":
         from data_prep.build import build, describe
 
-        (config,) = parse_config(CONFIG_TYPES, rest)
+        (config,) = parse_config(CONFIG_TYPES, rest, prog="python -m data_prep build")
         info = build(config)
         print(describe(info, config.output_dir))
         return info
     if command == "convert":
         from data_prep.sources import convert_to_disk
 
-        (config,) = parse_config((ConvertConfig,), rest)
+        (config,) = parse_config((ConvertConfig,), rest, prog="python -m data_prep convert")
         return convert_to_disk(config)
     raise ConfigError(f"Unknown command '{command}'. Usage:\n{USAGE}")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data_prep.builtin import generate_builtin, save_datasets
 from data_prep.config import DataConfig
+from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
 from data_prep.write import write_atomically, write_json
 
 INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
@@ -17,14 +18,16 @@ def build(config: DataConfig) -> dict:
     """Write every data set of `config` into `config.output_dir` atomically; returns the summary it saved."""
     start = time.perf_counter()
     if config.source == "builtin":
-        datasets, info = generate_builtin(config)
+        (datasets, info), reports = generate_builtin(config), []
     else:
         from data_prep.sources import convert_recipe_data
 
-        datasets, info = convert_recipe_data(config)
+        datasets, info, reports = convert_recipe_data(config)
 
     def fill(tmp: Path) -> None:
         info["sizes"] = save_datasets(datasets, tmp)
+        # Always written (empty when nothing was dropped), inside the same rename as the data: never stale.
+        info["dropped_rows"] = write_dropped(tmp / DROPPED_FILE, reports)
         info["seconds"] = round(time.perf_counter() - start, 2)
         info["config"] = dataclasses.asdict(config)
         write_json(tmp / INFO_FILE, info)
@@ -45,4 +48,8 @@ def describe(info: dict, output_dir: str) -> str:
         )
     for summary in info.get("reports", {}).values():
         lines.append("  " + summary["summary"])
+    for note in info.get("notes", []):
+        lines.append(f"  note: {note}")
+    if info.get("reports"):
+        lines.append("  " + dropped_note(info["dropped_rows"], Path(output_dir) / DROPPED_FILE))
     return "\n".join(lines)

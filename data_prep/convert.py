@@ -18,6 +18,7 @@ from data_prep.pairs import pairs_from_ranks, pairs_from_scores
 from data_prep.validate import (
     InvalidRow,
     RowReport,
+    check_numbers,
     check_pair,
     check_text_fields,
     finish,
@@ -79,7 +80,9 @@ def convert_hh_rlhf(
         chosen, rejected = split_transcript(record["chosen"]), split_transcript(record["rejected"])
         if chosen is None or rejected is None:
             which = "chosen" if chosen is None else "rejected"
-            report.reject(row, "no assistant turn", f"the {which} transcript has no '\\n\\nAssistant:' turn")
+            report.reject(
+                row, "no assistant turn", f"the {which} transcript has no '\\n\\nAssistant:' turn", which
+            )
             continue
         if chosen[0] != rejected[0]:
             at = len(os.path.commonprefix([chosen[0], rejected[0]]))
@@ -93,7 +96,7 @@ def convert_hh_rlhf(
             continue
         for name, response in (("chosen", chosen[1]), ("rejected", rejected[1])):
             if not response.strip():
-                report.reject(row, "empty response", f"the final {name} response is empty")
+                report.reject(row, "empty response", f"the final {name} response is empty", name)
                 break
         else:
             pair = {"prompt": chosen[0], "chosen": chosen[1], "rejected": rejected[1]}
@@ -105,19 +108,20 @@ def convert_hh_rlhf(
 def convert_pairs(
     rows: list[dict], report: RowReport, max_chars: int = 20000, first_row: int = 1
 ) -> list[dict]:
-    """Plain {prompt, chosen, rejected} rows, validated (extra columns such as margin are kept if numeric)."""
+    """Plain {prompt, chosen, rejected} rows, validated; a `margin` is kept when it is a finite number (a numeric
+    string too: CSV cells are strings); a null or empty one counts as no margin."""
     out, seen = [], {}
     for row, record in numbered_records(rows, report, first_row):
         pair = {k: record.get(k) for k in ("prompt", "chosen", "rejected")}
         if not check_pair(report, row, pair, max_chars, seen):
             continue
-        if "margin" in record:
-            if not isinstance(record["margin"], (int, float)) or isinstance(record["margin"], bool):
-                report.reject(
-                    row, "not a number", f"field 'margin' is {record['margin']!r:.40}, not a number"
-                )
+        margin = record.get("margin")
+        if isinstance(margin, str):
+            margin = _number(margin.strip()) if margin.strip() else None
+        if margin is not None:
+            if not check_numbers(report, row, "margin", [margin]):
                 continue
-            pair["margin"] = float(record["margin"])
+            pair["margin"] = float(margin)
         out.append(pair)
     return finish(report, out)
 
@@ -139,36 +143,46 @@ def convert_ranked(
         responses = record.get("responses")
         if isinstance(responses, str) and responses.lstrip().startswith("["):  # a JSON list in a CSV cell
             responses = _json_list(responses)
-        key = "scores" if record.get("scores") is not None else "ranks"
-        values = record.get(key)
-        if isinstance(values, str):
-            values = _json_list(values)
+        # Either column may be absent from a row: null (JSON, Parquet) or an empty cell (CSV).
+        given = {k: record[k] for k in ("scores", "ranks") if record.get(k) not in (None, "")}
+        key = "scores" if "scores" in given or "ranks" not in given else "ranks"
+        given = {k: _json_list(v) if isinstance(v, str) else v for k, v in given.items()}
+        values = given.get(key)
         if not isinstance(responses, list) or not isinstance(values, list):
-            report.reject(row, "not a list", f"'responses' and '{key}' must be lists")
+            which = "responses" if not isinstance(responses, list) else key
+            report.reject(row, "not a list", f"'responses' and '{key}' must be lists", which)
             continue
         if len(responses) != len(values):
-            report.reject(row, "length mismatch", f"{len(responses)} responses but {len(values)} {key}")
+            report.reject(row, "length mismatch", f"{len(responses)} responses but {len(values)} {key}", key)
             continue
         if len(responses) < 2:
             report.reject(
-                row, "too few responses", f"{len(responses)} response(s); a ranking needs at least 2"
+                row,
+                "too few responses",
+                f"{len(responses)} response(s); a ranking needs at least 2",
+                "responses",
             )
             continue
         bad = [i for i, r in enumerate(responses) if not isinstance(r, str) or not r.strip()]
         if bad:
             report.reject(
-                row, "empty", f"response {bad[0]} ({responses[bad[0]]!r:.40}) is empty or not a string"
+                row,
+                "empty",
+                f"response {bad[0]} ({responses[bad[0]]!r:.40}) is empty or not a string",
+                "responses",
             )
             continue
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            report.reject(row, "not a number", f"'{key}' must hold numbers, got {values!r:.60}")
+        # Both columns when a row has both: the unused one must not hide a broken value either.
+        if not all(
+            check_numbers(report, row, k, v if isinstance(v, list) else [v]) for k, v in given.items()
+        ):
             continue
         if key == "scores":
             pairs = pairs_from_scores(record["prompt"], responses, values, margin=margin)
         else:
             pairs = pairs_from_ranks(record["prompt"], responses, values)
         if not pairs:
-            report.reject(row, "all tied", f"all {key} are equal, so the row holds no preference")
+            report.reject(row, "all tied", f"all {key} are equal, so the row holds no preference", key)
             continue
         longest = len(record["prompt"]) + max(len(r) for r in responses)
         if longest > max_chars:
@@ -203,7 +217,7 @@ def convert_sft(
         else:
             problem = _messages_problem(record.get("messages"))
             if problem:
-                report.reject(row, "bad messages", problem)
+                report.reject(row, "bad messages", problem, "messages")
                 continue
             example = {"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]}
             size = sum(len(m["content"]) for m in example["messages"])
@@ -223,9 +237,16 @@ def convert_sft(
 
 def _json_list(text: str):
     try:
-        return json.loads(text)
+        return json.loads(text)  # reads NaN and Infinity too, which check_numbers then reports
     except json.JSONDecodeError:
         return text  # reported below as "not a list"
+
+
+def _number(text: str):
+    try:
+        return float(text)  # "nan" and "inf" included, reported by check_numbers
+    except ValueError:
+        return text  # reported as "not a number"
 
 
 def _messages_problem(messages) -> str | None:
@@ -239,6 +260,20 @@ def _messages_problem(messages) -> str | None:
     if messages[-1]["role"] != "assistant":
         return f"the last message must be the assistant's (the demonstration), got '{messages[-1]['role']}'"
     return None
+
+
+def same_columns(*splits: list[dict]) -> str | None:
+    """Keep `margin` only if every pair of every split has one (pairs from `ranks`, or pair rows without a margin,
+    have none): `Dataset.from_list` takes its columns from the first row, so the splits would otherwise differ by
+    chance, and TRL's RewardTrainer reads the margin of every pair once the column exists. Strips it in place
+    otherwise and returns a note saying so."""
+    rows = [r for split in splits for r in split]
+    n = sum("margin" in r for r in rows)
+    if not 0 < n < len(rows):
+        return None
+    for r in rows:
+        r.pop("margin", None)
+    return f"margin dropped: only {n} of {len(rows)} pairs have one (pairs from ranks have none)"
 
 
 def convert_rows(rows: list[dict], fmt: str, report: RowReport, max_chars: int = 20000, margin: bool = True):

@@ -1,24 +1,36 @@
 """Reading inputs (local files or hub data sets) and building a recipe's data dir from them.
 
-Local JSONL/JSON/CSV/Parquet files are read with json/pandas/pyarrow rather than `datasets.load_dataset`: the
+Local JSONL/JSON/CSV/Parquet files are read with json/csv/pyarrow rather than `datasets.load_dataset`: the
 latter casts a column to one Arrow type and fails on the whole file (with an Arrow error naming no row) when a
 single row holds a number instead of a string, while we want that row reported by number. Hub ids go through
-the real `datasets.load_dataset` path.
+the real `datasets.load_dataset` path. A file that cannot be read at all (not UTF-8, empty, corrupt) is one
+DataSourceError naming it and the fix; a CSV row with more or fewer fields than the header is a dropped row.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
+import io
 import json
 import random
+import zlib
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
 from data_prep.config import ConvertConfig, DataConfig
-from data_prep.convert import convert_rows
-from data_prep.validate import DataSourceError, InvalidRow, MissingColumnsError, RowReport
+from data_prep.convert import convert_rows, same_columns
+from data_prep.validate import (
+    DROPPED_FILE,
+    DataSourceError,
+    InvalidRow,
+    MissingColumnsError,
+    RowReport,
+    dropped_note,
+    write_dropped,
+)
 from data_prep.write import write_atomically
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz")
@@ -31,36 +43,52 @@ def _is_file_like(source: str) -> bool:
     return source.endswith(FILE_SUFFIXES) or any(ch in source for ch in "*?") or Path(source).exists()
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def _read_text(path: Path) -> str:
+    """The whole file as text. A UTF-8 BOM (Excel, Notepad) is skipped; other encodings are one clear error
+    rather than a UnicodeDecodeError (or, with pandas' fallbacks, silently garbled text)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataSourceError(
+                f"{path} is not a readable gzip file ({err}); it may be truncated. Compress it again or use "
+                "the uncompressed file."
+            ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataSourceError(
+            f"{path} is not UTF-8 text: byte 0x{raw[err.start]:02x} at byte offset {err.start} (line {line})"
+            f"{' of the uncompressed data' if path.suffix == '.gz' else ''} is not valid UTF-8 (the file is "
+            "probably latin-1/cp1252). Re-save it as UTF-8, e.g. `iconv -f cp1252 -t utf-8 IN > OUT`."
+        ) from None
 
 
-def _read_jsonl(path: Path) -> list:
+def _jsonl_rows(text: str) -> list:
     rows: list = []
-    with _open_text(path) as f:
-        for line in f:
-            if not line.strip():
-                rows.append(None)  # a blank line is no row, but keeps the numbering equal to line numbers
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                rows.append(
-                    InvalidRow("invalid JSON", f"line is not valid JSON ({err.msg} at column {err.colno})")
-                )
+    for line in io.StringIO(text, newline=None):  # \n, \r\n or \r ends a line, never \u2028 inside a string
+        if not line.strip():
+            rows.append(None)  # a blank line is no row, but keeps the numbering equal to line numbers
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            rows.append(
+                InvalidRow("invalid JSON", f"line is not valid JSON ({err.msg} at column {err.colno})")
+            )
     return rows
 
 
 def _read_json(path: Path) -> list:
-    with _open_text(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            if err.msg == "Extra data":  # JSON lines in a .json file
-                return _read_jsonl(path)
-            raise DataSourceError(
-                f"{path} is not valid JSON: {err}. Fix the file or save it as JSONL."
-            ) from err
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # JSON lines in a .json file
+            return _jsonl_rows(text)
+        raise DataSourceError(f"{path} is not valid JSON: {err}. Fix the file or save it as JSONL.") from err
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):  # {column: [values]}
         n = len(next(iter(data.values()), []))
         return [{k: v[i] if i < len(v) else None for k, v in data.items()} for i in range(n)]
@@ -72,23 +100,67 @@ def _read_json(path: Path) -> list:
     return data
 
 
+def _read_csv(path: Path) -> list:
+    """Every cell as a string (an empty cell stays "", reported as empty). The csv module rather than pandas:
+    a row with more fields than the header is then a reported row, not a ParserError for the whole file."""
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would fail the file on one long transcript
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise DataSourceError(
+                f"{path} is empty: a CSV file needs a header line of column names, then one line per row."
+            )
+        if len(set(header)) < len(header):
+            twice = sorted({c for c in header if header.count(c) > 1})
+            raise DataSourceError(
+                f"{path}: column(s) {', '.join(twice)} occur twice in the header; rename them."
+            )
+        rows: list = []
+        for fields in reader:
+            if not fields:
+                rows.append(None)  # a blank line, like in JSONL
+            elif len(fields) != len(header):
+                rows.append(InvalidRow("wrong field count", f"the row has {len(fields)} fields but the header "
+                                       f"has {len(header)} (an unquoted comma?)"))  # fmt: skip
+            else:
+                rows.append(dict(zip(header, fields)))
+    except csv.Error as err:
+        raise DataSourceError(
+            f"{path}: line {reader.line_num} is not valid CSV ({err}). Fix the file."
+        ) from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataSourceError(
+            f"{path} is not a readable Parquet file ({str(err).splitlines()[0][:200]}); it may be truncated or "
+            "not Parquet at all. Write it again (e.g. pandas.DataFrame.to_parquet) or convert it to JSONL."
+        ) from None
+
+
 def _read_file(path: Path) -> list:
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
-        return _read_jsonl(path)
-    if name.endswith((".json", ".json.gz")):
-        return _read_json(path)
-    if name.endswith(".csv"):
-        import pandas as pd
-
-        # Every cell as a string: an empty cell stays "" (reported as empty), never NaN or a float.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return frame.to_dict(orient="records")
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    raise DataSourceError(f"{path}: unknown file type; use one of {', '.join(FILE_SUFFIXES)}.")
+        rows = _jsonl_rows(_read_text(path))
+    elif name.endswith((".json", ".json.gz")):
+        rows = _read_json(path)
+    elif name.endswith(".csv"):
+        rows = _read_csv(path)
+    elif name.endswith(".parquet"):
+        rows = _read_parquet(path)
+    else:
+        raise DataSourceError(f"{path}: unknown file type; use one of {', '.join(FILE_SUFFIXES)}.")
+    if all(r is None for r in rows):
+        header = " (only a header line)" if name.endswith(".csv") else ""
+        raise DataSourceError(f"{path} holds no rows{header}. Add rows to it or point to the right file.")
+    return rows
 
 
 def _load_hub(source: str, split: str, data_dir: str | None) -> list:
@@ -119,9 +191,14 @@ def _offline() -> bool:
 
 
 def load_rows(
-    source: str, split: str = "train", data_dir: str | None = None, max_rows: int | None = None
+    source: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    max_rows: int | None = None,
+    files: list | None = None,
 ) -> list:
-    """Rows of a local file (or glob of files, concatenated) or of a hub data set, as a list of dicts."""
+    """Rows of a local file (or glob of files, concatenated) or of a hub data set, as a list of dicts. `files`
+    gets (number of its first row, path) for each file read, to report rows by file (RowReport.files)."""
     if _is_file_like(source):
         paths = sorted(glob.glob(source)) if any(ch in source for ch in "*?") else [source]
         if not paths or not all(Path(p).is_file() for p in paths):
@@ -130,6 +207,8 @@ def load_rows(
             )
         rows: list = []
         for path in paths:
+            if files is not None:
+                files.append((len(rows) + 1, path))
             rows += _read_file(Path(path))
     else:
         rows = _load_hub(source, split, data_dir)
@@ -181,10 +260,9 @@ def read_and_convert(
 ) -> tuple[list[dict], RowReport]:
     """Load one input and convert it to canonical rows; the report lists every dropped row and why."""
     label = source if _is_file_like(source) else f"{source} [{split}]"
-    rows = apply_column_mapping(
-        load_rows(source, split, data_dir, max_rows), parse_column_mapping(column_mapping), label
-    )
     report = RowReport(label, strict=strict)
+    rows = load_rows(source, split, data_dir, max_rows, files=report.files)
+    rows = apply_column_mapping(rows, parse_column_mapping(column_mapping), label)
     return convert_rows(rows, fmt, report, max_chars=max_chars, margin=margin), report
 
 
@@ -205,7 +283,7 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | DatasetDict], dict]:
+def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | DatasetDict], dict, list[RowReport]]:
     """sft/, preference/, prompts/, eval_prompts/ from `preference_data` (+ optional `sft_data`)."""
     reports: dict[str, RowReport] = {}
     common = dict(
@@ -250,6 +328,7 @@ def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | Dataset
         sft_train = _unique_demos(pref_train)
         sft_test = _unique_demos(pref_test)
 
+    notes = [n for n in [same_columns(pref_train, pref_test)] if n]
     train_prompts = _unique([r["prompt"] for r in pref_train])
     rng = random.Random(config.seed)
     rl_prompts = list(train_prompts)
@@ -269,8 +348,9 @@ def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | Dataset
         "eval_prompts_removed_as_seen_in_train": len(_unique([r["prompt"] for r in pref_test]))
         - len(eval_candidates),
         "reports": {name: report.to_dict() for name, report in reports.items()},
+        "notes": notes,
     }
-    return datasets, info
+    return datasets, info, list(reports.values())
 
 
 def _unique_demos(pairs: list[dict]) -> list[dict]:
@@ -291,14 +371,28 @@ def convert_to_disk(config: ConvertConfig) -> dict:
         strict=config.strict,
         margin=config.margin,
     )
+    note = same_columns(rows)
     output = Path(config.output)
-    if output.suffix == ".jsonl":
+    if output.suffix == ".jsonl":  # out.jsonl + out.dropped_rows.jsonl, both renamed into place at the end
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
+        dropped_file = output.with_name(f"{output.stem}.{DROPPED_FILE}")
+        tmp, tmp_dropped = (p.with_name(f".{p.name}.tmp") for p in (output, dropped_file))
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        n_dropped = write_dropped(tmp_dropped, [report])
+        tmp_dropped.replace(dropped_file)
         tmp.replace(output)
-    else:
-        write_atomically(output, lambda tmp: Dataset.from_list(rows).save_to_disk(str(tmp)))
+    else:  # the list inside the data set's folder, so one rename publishes both
+        dropped_file = output / DROPPED_FILE
+
+        def fill(tmp: Path) -> None:
+            nonlocal n_dropped
+            Dataset.from_list(rows).save_to_disk(str(tmp))
+            n_dropped = write_dropped(tmp / DROPPED_FILE, [report])
+
+        n_dropped = 0
+        write_atomically(output, fill)
     print(report.summary())
-    print(f"Wrote {len(rows)} {config.format} rows to {output}.")
-    return report.to_dict()
+    if note:
+        print(f"Note: {note}.")
+    print(f"Wrote {len(rows)} {config.format} rows to {output}. {dropped_note(n_dropped, dropped_file)}")
+    return {**report.to_dict(), "dropped_rows_file": str(dropped_file), "notes": [note] if note else []}

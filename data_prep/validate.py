@@ -2,15 +2,19 @@
 
 A `RowReport` collects the problems of one input. In strict mode the first problem raises `BadRowError`;
 otherwise the row is dropped and counted, and `summary()` says how many rows were dropped and why.
-Row numbers are 1-based: the line number for JSONL files, the data row (header excluded) for CSV, and the
-index + 1 for JSON arrays, Parquet files and hub data sets.
+Row numbers are 1-based and count within each file: the line number for JSONL files, the data row (header
+excluded; the line number - 1 when no cell spans lines) for CSV, and the index + 1 for JSON arrays, Parquet files
+and hub data sets. Every dropped row is also written to `dropped_rows.jsonl` next to the output (`write_dropped`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.config import UserError
 
@@ -42,11 +46,16 @@ class InvalidRow:
         self.kind, self.detail = kind, detail
 
 
+DROPPED_FILE = "dropped_rows.jsonl"  # every dropped row, next to the output of `build` and of `convert`
+
+
 @dataclass
 class RowProblem:
-    row: int
+    row: int  # within `file`
     kind: str  # short and stable, for counting: "empty", "not a string", "too long", ...
     detail: str  # the full sentence shown to the user
+    file: str = ""
+    field: str | None = None  # the column at fault, where one is
 
 
 @dataclass
@@ -55,19 +64,29 @@ class RowReport:
     strict: bool = False
     total: int = 0
     problems: list[RowProblem] = field(default_factory=list)
+    # (number of its first row among the rows read, path) of each file of a glob, whose rows are concatenated
+    files: list[tuple[int, str]] = field(default_factory=list)
 
-    def reject(self, row: int, kind: str, detail: str) -> None:
+    def locate(self, row: int) -> tuple[str, int]:
+        """(file, row within it) of a row number counted over all files read."""
+        for first, path in reversed(self.files):
+            if row >= first:
+                return path, row - first + 1
+        return self.source, row
+
+    def reject(self, row: int, kind: str, detail: str, field: str | None = None) -> None:
         """Record a bad row (or, when strict, fail right away)."""
+        file, row = self.locate(row)
         if self.strict:
             raise BadRowError(
-                f"{self.source}: row {row}: {detail}. Fix or remove the row, or run without --strict to drop "
+                f"{file}: row {row}: {detail}. Fix or remove the row, or run without --strict to drop "
                 "bad rows with a summary."
             )
-        self.problems.append(RowProblem(row, kind, detail))
+        self.problems.append(RowProblem(row, kind, detail, file, field))
 
     @property
     def dropped(self) -> int:
-        return len({p.row for p in self.problems})
+        return len({(p.file, p.row) for p in self.problems})
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(p.kind for p in self.problems).most_common())
@@ -78,13 +97,16 @@ class RowReport:
             return f"{self.source}: kept all {self.total} rows."
         parts = []
         for kind, n in self.counts().items():
-            rows = [str(p.row) for p in self.problems if p.kind == kind][:examples]
+            rows = [self._where(p) for p in self.problems if p.kind == kind][:examples]
             parts.append(f"{n} {kind} (rows {', '.join(rows)}{', ...' if n > examples else ''})")
         return (
             f"{self.source}: kept {kept} of {self.total} rows; dropped {self.dropped}: "
             + "; ".join(parts)
             + "."
         )
+
+    def _where(self, problem: RowProblem) -> str:
+        return f"{Path(problem.file).name}:{problem.row}" if len(self.files) > 1 else str(problem.row)
 
     def to_dict(self) -> dict:
         return {
@@ -94,8 +116,27 @@ class RowReport:
             "dropped": self.dropped,
             "counts": self.counts(),
             "summary": self.summary(),
-            "problems": [{"row": p.row, "kind": p.kind, "detail": p.detail} for p in self.problems],
-        }
+        }  # the rows themselves are in DROPPED_FILE, which can be long
+
+
+def write_dropped(path: Path, reports) -> int:
+    """Write every problem of `reports` to `path` as JSON lines (an empty file when there are none, so an old list
+    is never left beside new data); returns how many lines it wrote."""
+    problems = [p for report in reports for p in report.problems]
+    lines = [
+        json.dumps({"source": p.file, "row": p.row, "reason": p.kind, "field": p.field, "detail": p.detail},
+                   ensure_ascii=False) + "\n"
+        for p in problems
+    ]  # fmt: skip
+    path.write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+def dropped_note(n: int, path) -> str:
+    """What the printed summary says about DROPPED_FILE (one entry per problem: a ranked row can have two)."""
+    if not n:
+        return f"No rows dropped ({path} is empty)."
+    return f"Every dropped row is listed in {path} ({n} {'entry' if n == 1 else 'entries'})."
 
 
 def require_columns(found: Iterable[str], expected: Sequence[str], source: str, fmt: str) -> None:
@@ -117,11 +158,14 @@ def check_text_fields(report: RowReport, row: int, record: dict, fields: Sequenc
         value = record.get(name)
         if not isinstance(value, str):
             report.reject(
-                row, "not a string", f"field '{name}' is {type(value).__name__} {value!r:.40}, not a string"
+                row,
+                "not a string",
+                f"field '{name}' is {type(value).__name__} {value!r:.40}, not a string",
+                name,
             )
             return False
         if not value.strip():
-            report.reject(row, "empty", f"field '{name}' is empty")
+            report.reject(row, "empty", f"field '{name}' is empty", name)
             return False
     return True
 
@@ -141,9 +185,27 @@ def check_pair(report: RowReport, row: int, pair: dict, max_chars: int, seen: di
         return False
     key = (pair["prompt"], pair["chosen"], pair["rejected"])
     if key in seen:
-        report.reject(row, "duplicate pair", f"same prompt/chosen/rejected as row {seen[key]}")
+        file, first = report.locate(seen[key])
+        where = f"row {first}" + (f" of {file}" if len(report.files) > 1 else "")
+        report.reject(row, "duplicate pair", f"same prompt/chosen/rejected as {where}")
         return False
     seen[key] = row
+    return True
+
+
+def check_numbers(report: RowReport, row: int, name: str, values: Sequence) -> bool:
+    """Each value a finite int or float (not a bool or a string); reports the first that is not. NaN compares
+    false with everything, so it would invent an order of the answers, and a NaN/Inf margin reaches the loss."""
+    for i, value in enumerate(values):
+        at = f"field '{name}'" + (f" item {i}" if len(values) > 1 else "")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            report.reject(
+                row, "not a number", f"{at} is {type(value).__name__} {value!r:.40}, not a number", name
+            )
+            return False
+        if not math.isfinite(value):
+            report.reject(row, "not finite", f"{at} is {value}; it must be a finite number", name)
+            return False
     return True
 
 

@@ -22,7 +22,7 @@ from trl import ModelConfig
 
 from pipeline import tracking
 from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.models import is_quantized, load_callable, load_causal_lm, load_tokenizer
+from pipeline.models import check_model_dir, is_quantized, load_callable, load_causal_lm, load_tokenizer
 from pipeline.sampling import (
     generate,
     generation_config,
@@ -121,6 +121,9 @@ def check_inputs(args: EvalArguments) -> None:
                 f"The {what} ({path}) does not exist yet or is incomplete: run the {stage} stage first ({PRODUCERS[stage]} "
                 f"RECIPE=recipes/<name>), or point eval at it with --{name}."
             )
+    for name, _, _ in needed:  # then every model folder whole, or the error names the file that is not
+        if name.endswith("model_path"):
+            check_model_dir(getattr(args, name))
 
 
 def log(message: str) -> None:

@@ -20,7 +20,59 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def adapter_config(path: str | Path) -> dict:
+    check_model_dir(path)
     return json.loads((Path(path) / "adapter_config.json").read_text())
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")  # fmt: skip
+
+
+def check_model_dir(path: str | Path) -> None:
+    """A local model or adapter folder is whole, or a UserError names the file that is not: every JSON file
+    parses, every safetensors file is as long as its header says, the weights (and each shard) are there.
+
+    Stage outputs are published atomically, so this catches folders from elsewhere or damaged later, which
+    from_pretrained would report as something else (a 0-byte adapter_config.json reads as "install sentencepiece").
+    A hub id or a missing path is left to from_pretrained."""
+    import struct
+
+    path = Path(path)
+    if not path.is_dir():
+        return
+
+    def incomplete(why: str) -> UserError:
+        return UserError(f"{path} is incomplete: {why} (was a run interrupted while writing it, or a file "
+                         "copied only in part?). Rerun the stage that writes it, or copy the folder again.")  # fmt: skip
+
+    if not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise incomplete("it has neither config.json nor adapter_config.json")
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise incomplete(f"{file.name} is empty or not valid JSON") from None
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise incomplete(f"it holds no weights ({' or '.join(WEIGHT_FILES[:3])})")
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        if index.is_file():
+            missing = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())
+                             - {p.name for p in path.iterdir()})  # fmt: skip
+            if missing:
+                raise incomplete(f"{index.name} lists shard(s) {', '.join(missing[:3])} that are not there")
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+            except ValueError:
+                header = None
+        ends = [v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"]
+        if header is None or 8 + n + max(ends, default=0) != size:
+            raise incomplete(f"{file.name} is truncated or not a safetensors file ({size} bytes)")
 
 
 def adapter_base_path(path: str | Path) -> str:
@@ -95,6 +147,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """The tokenizer of a model or adapter dir, with a pad token that is never silently missing."""
     from transformers import AutoTokenizer
 
+    check_model_dir(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name_or_path, revision=revision, trust_remote_code=trust_remote_code
@@ -110,6 +163,7 @@ def load_model(model_class, name_or_path: str, model_args=None, trust_remote_cod
                quantize: bool = True, **kwargs):  # fmt: skip
     """`model_class.from_pretrained(name_or_path)` with `pretrained_kwargs`; `kwargs` add or override."""
     kwargs = {**pretrained_kwargs(model_args, trust_remote_code, quantize), **kwargs}
+    check_model_dir(name_or_path)
     try:
         return model_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:

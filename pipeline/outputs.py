@@ -126,3 +126,216 @@ def write_atomically(final: str | Path, fill: Callable[[Path], None], overwrite:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return publish(tmp, final)
+
+
+# --- run identity --------------------------------------------------------------------------------------------
+#
+# Every run records what it is, `run.json`: its stage, its config and a fingerprint of its inputs, in the work
+# folder (`<output_dir>.checkpoints/`) while it runs and in the published output folder. A fresh run into a folder
+# that holds another config's outputs refuses (unless overwrite_output_dir), and a resume refuses a checkpoint of
+# a run that differs in anything but the operational fields below: the options of a resume apply or are refused
+# by name, never dropped.
+
+RUN_FILE = "run.json"
+
+# How a run is watched, logged, evaluated, saved or pushed, not what it trains: these may change between a run and
+# its resume (or a rerun into the same folder). Everything else is the run's identity.
+OPERATIONAL = {
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "keep_checkpoints", "local_rank",
+    "report_to", "run_name", "project", "disable_tqdm", "push_to_hub", "sample_every", "num_samples",
+    "merge_adapter", "save_merged", "include_num_input_tokens_seen", "batch_eval_metrics", "do_eval",
+    "per_device_eval_batch_size", "bf16_full_eval", "fp16_full_eval", "dataloader_num_workers",
+    "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "dataloader_multiprocessing_context", "save_only_model", "save_on_each_node", "save_safetensors",
+    "trust_remote_code",
+}  # fmt: skip
+# A resume may also change how long the run trains: the new length applies (the LR schedule then spans it).
+RESUME_MAY_CHANGE = {"max_steps", "num_train_epochs", "total_episodes"}
+OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "push_to_hub_")
+SECRET_WORDS = ("token", "secret", "password")
+# Files a fingerprint skips: logs and reports that differ between two runs that wrote the same model or data.
+# (`datasets` also writes its map caches, cache-*.arrow, into a data set's folder while a stage reads it.)
+UNFINGERPRINTED = (
+    "*.jsonl",
+    "*.png",
+    "*.md",
+    "eval_results.json",
+    RUN_FILE,
+    "tracking.json",
+    "cache-*",
+    "tmp*",
+)
+
+
+def is_operational(key: str) -> bool:
+    return key in OPERATIONAL or key.startswith(OPERATIONAL_PREFIXES)
+
+
+def fingerprint(path: str | Path) -> str | None:
+    """A cheap fingerprint of a local file or folder: names, sizes and the first and last MiB of every file
+    (a 16 GB model is not read in full). None for a hub id."""
+    import fnmatch
+    import hashlib
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if any(fnmatch.fnmatch(file.name, pattern) for pattern in UNFINGERPRINTED):
+            continue
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if file != path else file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def run_identity(stage: str, configs) -> dict:
+    """What a run is: its stage, every config field that is not secret (plain JSON values) and a fingerprint of
+    each local input path it names."""
+    import dataclasses
+    import json
+
+    config: dict = {}
+    for c in configs:
+        items = c.to_dict() if hasattr(c, "to_dict") else dataclasses.asdict(c)
+        for key, value in items.items():
+            if key.startswith("_") or any(word in key for word in SECRET_WORDS):
+                continue
+            config[key] = json.loads(json.dumps(value, default=str))
+    inputs = {
+        key: fingerprint(value)
+        for key, value in config.items()
+        if (key.endswith("_path") or key == "model_name_or_path")
+        and not is_operational(key)
+        and isinstance(value, str)
+        and Path(value).exists()
+    }
+    return {"stage": stage, "config": config, "inputs": inputs}
+
+
+def read_run(folder: str | Path) -> dict | None:
+    import json
+
+    path = Path(folder) / RUN_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # a damaged record is no record: treated like a folder from elsewhere
+
+
+def write_run(folder: str | Path, identity: dict) -> None:
+    import json
+
+    write_file_atomically(Path(folder) / RUN_FILE, json.dumps(identity, indent=2) + "\n")
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_differences(recorded: dict, current: dict, allowed: set[str] = frozenset()) -> list[str]:
+    """`key: recorded -> current` for each identity field (both records have, not `allowed`) that differs."""
+    old, new = recorded.get("config", {}), current.get("config", {})
+    return [
+        f"{key}: {old[key]!r} -> {new[key]!r}"
+        for key in sorted(old.keys() & new.keys())
+        if not is_operational(key) and key not in allowed and old[key] != new[key]
+    ]
+
+
+def input_differences(recorded: dict, current: dict) -> list[str]:
+    old, new = recorded.get("inputs", {}), current.get("inputs", {})
+    return sorted(key for key in old.keys() & new.keys() if old[key] != new[key])
+
+
+def _listing(differences: list[str]) -> str:
+    return "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+
+
+def check_resume(identity: dict, checkpoint: Path) -> None:
+    """A resume continues the checkpoint's run exactly: same stage, same config but operational fields, same
+    inputs."""
+    recorded = read_run(checkpoint.parent)
+    if recorded is None:
+        raise UserError(
+            f"cannot resume from {checkpoint}: its run folder {checkpoint.parent} has no {RUN_FILE}, so which run "
+            "wrote it is unknown (an older version of this pipeline, or a copied folder). Start afresh (drop "
+            "--resume_from_checkpoint)."
+        )
+    if recorded.get("stage") != identity["stage"]:
+        raise UserError(f"cannot resume from {checkpoint}: it is a {recorded.get('stage')} checkpoint, this is "
+                        f"the {identity['stage']} stage.")  # fmt: skip
+    changed = config_differences(recorded, identity, RESUME_MAY_CHANGE)
+    if changed:
+        raise UserError(
+            f"cannot resume from {checkpoint}: this run's config differs from the checkpoint's run in "
+            f"{_listing(changed)}. A resume continues that run as it was (optimizer and schedule included), so "
+            "it would ignore them: drop those options to resume, or start afresh without "
+            "--resume_from_checkpoint. A resume may change only the run's length (max_steps, num_train_epochs, "
+            "total_episodes) and operational options (logging, saving, evaluation, tracking, pushing)."
+        )
+    changed = input_differences(recorded, identity)
+    if changed:
+        raise UserError(
+            f"cannot resume from {checkpoint}: the input(s) {', '.join(changed)} changed since the checkpoint "
+            "was written (rebuilt data or a retrained model). Start afresh without --resume_from_checkpoint."
+        )
+
+
+def check_run(identity: dict, output_dir: str | Path, resume: Path | None, overwrite: bool) -> None:
+    """May this run write to `output_dir`? Read-only, so every rank calls it before any rank writes.
+
+    A resume must match its checkpoint's run (`check_resume`). A fresh run into a folder that holds another
+    config's run, or outputs with no record, refuses unless `overwrite`; a rerun of the same config may go on."""
+    if resume is not None:
+        check_resume(identity, resume)
+        return
+    if overwrite:
+        return
+    final = Path(output_dir)
+    for folder in (final, checkpoints_dir(output_dir)):
+        recorded = read_run(folder)
+        if recorded is None:
+            if folder == final and final.is_dir() and any(final.iterdir()):
+                raise UserError(
+                    f"{final} holds outputs with no {RUN_FILE} (written by an older version of this pipeline, by "
+                    "something else, or damaged): pass --overwrite_output_dir true to replace them, or choose "
+                    "another output_dir."
+                )
+            continue
+        changed = config_differences(recorded, identity)
+        if recorded.get("stage") != identity["stage"]:
+            changed = [f"stage: {recorded.get('stage')!r} -> {identity['stage']!r}"]
+        if changed:
+            raise UserError(
+                f"{folder} holds another run's outputs (its config differs in {_listing(changed)}). Pass "
+                "--overwrite_output_dir true to replace them, or choose another output_dir."
+            )
+
+
+def start_run(identity: dict, output_dir: str | Path, resume: Path | None) -> None:
+    """Main process, after `check_run` on every rank: a fresh run starts with an empty work folder (an earlier
+    unfinished attempt's checkpoints would be mixed with its own and pruned by step number) holding its record."""
+    work = checkpoints_dir(output_dir)
+    if (
+        resume is not None
+    ):  # the run goes on; resumed from another folder's checkpoint, it starts its own record
+        if read_run(work) is None:
+            write_run(work, identity)
+        return
+    if work.is_dir():
+        stale = list_checkpoints(output_dir)
+        if stale:
+            print(f"Starting afresh: removing {len(stale)} checkpoint(s) of an earlier unfinished run in {work} "
+                  "(--resume_from_checkpoint true continues one instead).", flush=True)  # fmt: skip
+        shutil.rmtree(work)
+    write_run(work, identity)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, UserError, parse_config, required, run_main
 from pipeline.model_card import CardInfo, read_data_sources, read_eval, read_hyperparameters, render_card
+from pipeline.models import check_model_dir
 
 STAGES = ("base", "sft", "reward", "ppo")
 # Never uploaded: pickles nobody needs, PPO's value head (training only), temp files, any old card.
@@ -95,6 +96,7 @@ def plan_upload(args: PushArguments):
         raise UserError(f"{stage_dir} does not exist: run the {args.stage} stage first (make {args.stage}).")
     weights = "merged" if args.stage == "base" else args.weights  # the base stage is a plain model
     folder = weights_dir(stage_dir, weights)
+    check_model_dir(folder)  # never push a folder with a damaged or missing file
     uploads: dict[str, Path | bytes] = {f.name: f for f in files_to_upload(folder)}
 
     # Merged weights came from the same base as the stage's adapter: look there too.

@@ -35,10 +35,21 @@ from trl import RewardConfig
 
 from pipeline.config import UserError, parse_config, required, run_main
 from pipeline.models import is_adapter_dir, load_model, merge_adapter
-from pipeline.outputs import checkpoints_dir, publish, resolve_resume, staging_dir
+from pipeline.outputs import (
+    checkpoints_dir,
+    publish,
+    resolve_resume,
+    run_identity,
+    staging_dir,
+    write_run,
+)
 from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
+    RunOutputArguments,
+    StopOnNonFinite,
+    begin_run,
+    check_finite_weights,
     check_quantized_needs_peft,
     count_tokens,
     finish_training,
@@ -50,7 +61,7 @@ from pipeline.training import (
 
 
 @dataclass
-class RewardScriptArguments:
+class RewardScriptArguments(RunOutputArguments):
     """Which pairs to train on."""
 
     dataset_path: str | None = required(
@@ -60,9 +71,6 @@ class RewardScriptArguments:
     eval_split: str = field(default="test", metadata={"help": "held-out pairs for accuracy ('' to skip)"})
     use_margin: bool = field(
         default=True, metadata={"help": "subtract the data's `margin` column inside the loss when present"}
-    )
-    keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
     )
 
 
@@ -138,6 +146,7 @@ def main(args=None, callbacks=None):
     from pipeline.models import distinct_pad_token, load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    identity = run_identity("reward", (script_args, training_args, model_args))
     tracker = TrackerCallback("reward", training_args.output_dir, training_args, script_args, model_args)
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
@@ -145,6 +154,8 @@ def main(args=None, callbacks=None):
 
     remote_code = training_args.trust_remote_code
     final_dir = Path(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
     checkpoints = checkpoints_dir(final_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
     eos_padded = tokenizer.pad_token_id == tokenizer.eos_token_id
@@ -168,7 +179,6 @@ def main(args=None, callbacks=None):
     with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
         model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
     training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
     trainer = RewardTrainer(
         model=model,
@@ -177,7 +187,7 @@ def main(args=None, callbacks=None):
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=peft_config(model_args),
-        callbacks=[*(callbacks or []), tracker],
+        callbacks=[*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
     )
     report_engine(trainer.accelerator)
     train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
@@ -187,6 +197,7 @@ def main(args=None, callbacks=None):
     if eval_data is not None:  # TRL's running eval metrics; eval_accuracy is recomputed exactly below
         metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
 
+    check_finite_weights(trainer)
     tmp = staging_dir(final_dir, trainer.is_world_process_zero())
     save_trained_weights(trainer, tmp / "adapter" if model_args.use_peft else tmp)
     if trainer.is_world_process_zero():
@@ -201,6 +212,7 @@ def main(args=None, callbacks=None):
         metrics.update(heldout_accuracy(str(tmp), eval_data, training_args, trainer.accelerator))
     if trainer.is_world_process_zero():
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        write_run(tmp, identity)
         publish(tmp, final_dir)
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:

@@ -22,10 +22,21 @@ from pathlib import Path
 from trl import SFTConfig
 
 from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.outputs import checkpoints_dir, publish, resolve_resume, staging_dir
+from pipeline.outputs import (
+    checkpoints_dir,
+    publish,
+    resolve_resume,
+    run_identity,
+    staging_dir,
+    write_run,
+)
 from pipeline.tracking import TrackerCallback
 from pipeline.training import (
     LoraModelConfig,
+    RunOutputArguments,
+    StopOnNonFinite,
+    begin_run,
+    check_finite_weights,
     check_quantized_needs_peft,
     count_tokens,
     finish_training,
@@ -37,7 +48,7 @@ from pipeline.training import (
 
 
 @dataclass
-class SFTScriptArguments:
+class SFTScriptArguments(RunOutputArguments):
     """Which data to train on and what to write besides the adapter."""
 
     dataset_path: str | None = required(
@@ -49,9 +60,6 @@ class SFTScriptArguments:
     )
     merge_adapter: bool = field(
         default=False, metadata={"help": "also write a plain merged model to <output_dir>/merged"}
-    )
-    keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
     )
 
 
@@ -91,10 +99,14 @@ def main(args=None, callbacks=None):
     from pipeline.models import load_model, load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
+    identity = run_identity("sft", (script_args, training_args, model_args))
     tracker = TrackerCallback("sft", training_args.output_dir, training_args, script_args, model_args)
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path (a local model dir or a hub id).")
     train_data, eval_data = load_sft_splits(script_args)
+    final_dir = Path(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
 
     remote_code = training_args.trust_remote_code
     tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
@@ -113,8 +125,6 @@ def main(args=None, callbacks=None):
     check_quantized_needs_peft(model_args)
     count_tokens(training_args)
     model = load_model(AutoModelForCausalLM, model_args.model_name_or_path, model_args, remote_code)
-    final_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
     training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
     # The base model's held-out loss, measured by the Trainer once it has wrapped the model for data parallelism
     # (a fresh LoRA adapter is a no-op, B = 0, so this is the base model under the same masking). Not a plain
@@ -132,7 +142,7 @@ def main(args=None, callbacks=None):
         eval_dataset=eval_data,
         processing_class=tokenizer,
         peft_config=peft_config(model_args),
-        callbacks=[*(callbacks or []), tracker],
+        callbacks=[*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
     )
     report_engine(trainer.accelerator)
 
@@ -147,9 +157,11 @@ def main(args=None, callbacks=None):
     if eval_data is not None:
         metrics.update(trainer.evaluate())
 
+    check_finite_weights(trainer)
     tmp = staging_dir(final_dir, trainer.is_world_process_zero())
     save_trained_weights(trainer, tmp)
     if trainer.is_world_process_zero():
+        write_run(tmp, identity)
         finish_sft_artifact(
             tmp, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics
         )

@@ -8,13 +8,28 @@ renamed into place at the very end.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import TrainerCallback
 from trl import ModelConfig
 
-from pipeline.config import UserError
+from pipeline.config import NonFiniteError, UserError
+
+
+@dataclass
+class RunOutputArguments:
+    """What happens to a Trainer stage's checkpoints and to an output folder that holds another run."""
+
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "replace an output_dir that holds another config's run (otherwise an error)"},
+    )
 
 
 @dataclass
@@ -79,6 +94,47 @@ def local_loading_from_now_on() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops a Trainer stage at the first logged NaN/Inf loss or gradient norm, before anything is saved.
+
+    (transformers' `logging_nan_inf_filter` hides a NaN loss from the log, never a NaN grad_norm.) Every rank logs
+    the same reduced values, so every rank stops at the same step."""
+
+    def __init__(self, final_dir: Path):
+        self.final_dir = final_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from pipeline.outputs import list_checkpoints
+
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float | int) and not math.isfinite(value):
+                found = list_checkpoints(self.final_dir)
+                raise NonFiniteError(f"training {key.replace('_', ' ')}", state.global_step,
+                                     found[-1] if found else None)  # fmt: skip
+
+
+def begin_run(identity: dict, final_dir: Path, resume, overwrite: bool, training_args) -> None:
+    """The run-identity check on every rank, then the main process empties the work folder and records the run
+    while the other ranks wait (before anything, the start model of the reward stage included, is written there)."""
+    from pipeline.outputs import check_run, start_run
+
+    check_run(identity, final_dir, resume, overwrite)
+    with training_args.main_process_first(local=False, desc="recording the run"):
+        if training_args.process_index == 0:
+            start_run(identity, final_dir, resume)
+
+
+def check_finite_weights(trainer) -> None:
+    """Collective: stop before saving when a trainable weight is NaN/Inf on any rank."""
+    import torch
+
+    bad = any(not torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad)
+    flag = torch.tensor([float(bad)], device=trainer.accelerator.device)
+    if trainer.accelerator.reduce(flag, "sum").item() > 0:
+        raise NonFiniteError("trained weights", trainer.state.global_step)
 
 
 def finish_training(trainer, output_dir: Path, keep: bool) -> None:

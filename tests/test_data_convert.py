@@ -134,6 +134,7 @@ def test_real_hh_rlhf_builds_a_recipe_data_dir(tmp_path):
     assert load_from_disk(out / "sft")["train"].column_names == ["prompt", "completion"]
     info = json.loads((out / "data_info.json").read_text())
     assert info["reports"]["preference_train"]["counts"] == {"transcripts diverge": 5, "empty response": 4}
+    assert len((out / "dropped_rows.jsonl").read_text().splitlines()) == 9  # every dropped row, listed
 
 
 # --- other converters ---------------------------------------------------------------------------------------

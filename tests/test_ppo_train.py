@@ -103,12 +103,15 @@ def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     assert 0.0 < kl < 30.0
 
 
+SMALL = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
+         "--num_ppo_epochs", "1", "--response_length", "16", "--eval_prompts_path", "null"]  # fmt: skip
+
+
 def run_and_resume(tiny_sft, tiny_data, tmp_path):
     """Run 4 steps with a checkpoint at 2, then resume a second run from it; returns both dirs and the trainer."""
     from pipeline.ppo import main
 
-    small = ["--total_episodes", "32", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
-             "--num_ppo_epochs", "1", "--response_length", "16", "--eval_prompts_path", "null"]  # fmt: skip
+    small = SMALL
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main(ppo_args(tiny_sft, tiny_data, full, *small, "--save_steps", "2", "--keep_checkpoints", "true"))
     checkpoints = full.with_name("full.checkpoints")
@@ -177,7 +180,7 @@ def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
 
     monkeypatch.setattr(distributed, "is_sharded", lambda accelerator: False)
     with pytest.raises(UserError, match="written under FSDP/DeepSpeed"):
-        main(ppo_args(tiny_sft, tiny_data, tmp_path / "again", "--resume_from_checkpoint", str(ckpt)))
+        main(ppo_args(tiny_sft, tiny_data, tmp_path / "again", *SMALL, "--resume_from_checkpoint", str(ckpt)))
 
 
 def nan_reward(prompts, responses):

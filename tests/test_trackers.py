@@ -202,8 +202,8 @@ def test_ppo_resume_and_eval_log_to_tensorboard_trackio_and_wandb(
 
     # Resume from the step-2 checkpoint, as after a crash: the same tracker runs continue at step 3.
     main(ppo_args(tiny_sft, tiny_data, out, *TINY, "--resume_from_checkpoint", "latest"))
-    resumed = read_metrics(out)[len(first) :]
-    assert [m["step"] for m in resumed] == [3]
+    resumed = read_metrics(out)[2:]  # the logs continue from the checkpoint: step 3 is redone, not repeated
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
     assert json.loads((out / "tracking.json").read_text())["name"] == ident["name"]
     scalars = tb_scalars(tensorboard_events(tb_dir))  # the first run's step 3 is purged: one point per step
     assert [s for s, _ in scalars["episode"]] == [1, 2, 3]

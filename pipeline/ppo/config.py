@@ -157,6 +157,10 @@ class PPOConfig(TrainingArguments):
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "replace an output_dir that holds another config's run (otherwise an error)"},
+    )
     # --- TrainingArguments defaults changed for PPO --------------------------------------------------------
     output_dir: str | None = required("where the policy is written (runs/<recipe>/ppo)")
     learning_rate: float = 3e-6

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits
 
 from pipeline import outputs, tracking
-from pipeline.config import UserError
+from pipeline.config import NonFiniteError, UserError
 from pipeline.models import load_tokenizer
 from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -38,10 +39,6 @@ from pipeline.sampling import (
 )
 from pipeline.scoring import RewardScorer
 from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or reward became NaN/Inf: training stops, the last good checkpoint stays as it was."""
 
 
 def load_prompts(path: str | None, field: str) -> list[str]:
@@ -65,6 +62,14 @@ def load_prompts(path: str | None, field: str) -> list[str]:
 class PPOTrainer:
     def __init__(self, args, model_args):
         self.args = args
+        # What this run is, checked against the output folder and any checkpoint before anything is written.
+        self.identity = outputs.run_identity("ppo", (args, model_args))
+        self.output_dir = Path(args.output_dir)
+        self.work_dir = outputs.checkpoints_dir(
+            self.output_dir
+        )  # checkpoints and the logs of the run in progress
+        self.resume = outputs.resolve_resume(args.resume_from_checkpoint, self.output_dir, is_checkpoint)
+        outputs.check_run(self.identity, self.output_dir, self.resume, args.overwrite_output_dir)
         self.trackers = tracking.trackers(args.report_to)  # a missing tracker package fails before any load
         self.tracked_config = tracking.public_config(args, model_args)
         # The process group as transformers' Trainer starts it for the SFT and reward stages (reading args.device
@@ -133,9 +138,9 @@ class PPOTrainer:
             ignored = set_aside(acc.unwrap_model(self.model), self.gen_config)
             print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
         self.step, self.episode = 0, 0
-        self.output_dir = Path(args.output_dir)
         if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            outputs.start_run(self.identity, self.output_dir, self.resume)
+        acc.wait_for_everyone()
         self._log_sizes()
 
     def _log_sizes(self) -> None:
@@ -276,11 +281,7 @@ class PPOTrainer:
         # Collective, so every rank stops together instead of one rank hanging in the next all-reduce.
         bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
         if self.accelerator.reduce(bad, "sum").item() > 0:
-            raise NonFiniteError(
-                f"NaN/Inf in the {what} at step {self.step + 1}: stopping. The last good checkpoint is "
-                f"{latest_checkpoint(self.output_dir) or '(none saved yet)'}; lower learning_rate or check the "
-                "reward model/function, then resume with --resume_from_checkpoint true."
-            )
+            raise NonFiniteError(what, self.step + 1, latest_checkpoint(self.output_dir))
 
     def _metrics(self, batch: dict, stats: dict, start_time: float, start_episode: int) -> dict[str, float]:
         acc = self.accelerator
@@ -312,12 +313,13 @@ class PPOTrainer:
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         args, acc = self.args, self.accelerator
-        resume = outputs.resolve_resume(args.resume_from_checkpoint, self.output_dir, is_checkpoint)
+        resume = self.resume
         state = {}
         if resume is not None:
             state = load_checkpoint(resume, acc, self.model, self.optimizer, self.scheduler, self.sharded)
             self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
             if acc.is_main_process:
+                truncate_logs(self.work_dir, self.step)  # lines logged after the checkpoint are redone
                 print(f"Resumed from {resume} at step {self.step} (episode {self.episode}).")
         else:
             set_seed(args.seed, device_specific=True)  # different samples on each rank
@@ -348,9 +350,6 @@ class PPOTrainer:
                     self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
                 )  # fmt: skip
         self.save_final()
-        if self.tracking.identity:  # evaluation adds its figures to this tracker run, at its last step
-            identity = {**self.tracking.identity, "step": self.step}
-            tracking.write_identity(self.output_dir / tracking.IDENTITY_FILE, identity)
         self.tracking.finish()
         if not args.keep_checkpoints and acc.is_main_process:
             outputs.remove_checkpoints(self.output_dir)
@@ -362,7 +361,7 @@ class PPOTrainer:
         self.tracking.log(metrics, self.step)  # every metric (episode, lr, time/...) at the PPO step
         if not acc.is_main_process:
             return
-        with open(self.output_dir / "metrics.jsonl", "a") as f:
+        with open(self.work_dir / LOG_FILES[0], "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if self.args.logging_steps and (
             self.step % max(1, int(self.args.logging_steps)) == 0 or self.step == 1
@@ -406,7 +405,7 @@ class PPOTrainer:
             {"step": self.step, "prompt": p, "response": r, "score": s}
             for p, r, s in zip(self.eval_prompts, texts, scores)
         ]
-        with open(self.output_dir / "samples.jsonl", "a") as f:
+        with open(self.work_dir / LOG_FILES[1], "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         self.tracking.log_table("samples", list(rows[0]), [list(row.values()) for row in rows], self.step)
         print(f"--- samples at step {self.step} ---")
@@ -416,8 +415,10 @@ class PPOTrainer:
             print(f"{row['score']:7.3f} | {prompt:<40} | {' '.join(row['response'].split())[:100]}")
 
     def save_final(self) -> None:
-        """Policy adapter + tokenizer at the root, value head (and value adapter), merged/ plain policy."""
+        """Policy adapter + tokenizer at the root, value head (and value adapter), merged/ plain policy, the run's
+        logs and record: written to `<output_dir>.tmp` and renamed, so output_dir is the old or the new policy."""
         acc = self.accelerator
+        tmp = outputs.staging_dir(self.output_dir, acc.is_main_process)
         acc.wait_for_everyone()
         model = acc.unwrap_model(self.model)
         # Sharded weights (FSDP, ZeRO-3) are gathered into one full state dict: a collective, every rank joins.
@@ -425,7 +426,7 @@ class PPOTrainer:
         local_loading_from_now_on()  # the merged model below is loaded on the main process alone
         if acc.is_main_process:
             retie_shared(full_state, model)
-            out = self.output_dir
+            out = tmp
             lm = model.lm
             lm_state = submodule_state(full_state, "lm")
             if hasattr(lm, "peft_config"):
@@ -439,16 +440,27 @@ class PPOTrainer:
                       str(out / "value_head.safetensors"))  # fmt: skip
             self.tokenizer.save_pretrained(out)
             if self.args.save_merged:
-                self._save_merged(lm, lm_state, out / "merged")
-            print(f"Saved the PPO policy to {out}")
+                self._save_merged(lm, lm_state, out)
+            for name in LOG_FILES:
+                if (self.work_dir / name).is_file():
+                    shutil.copy2(self.work_dir / name, out / name)
+            if self.tracking.identity:  # evaluation adds its figures to this tracker run, at its last step
+                tracking.write_identity(
+                    out / tracking.IDENTITY_FILE, {**self.tracking.identity, "step": self.step}
+                )
+            outputs.write_run(out, self.identity)
+            outputs.publish(out, self.output_dir)
+            print(f"Saved the PPO policy to {self.output_dir}")
         acc.wait_for_everyone()
 
-    def _save_merged(self, lm, lm_state: dict, merged_dir: Path) -> None:
+    def _save_merged(self, lm, lm_state: dict, out: Path) -> None:
+        """`out/merged`: the plain policy, the adapter already saved in `out` merged into its base."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         from pipeline.models import load_base_of
 
+        merged_dir = out / "merged"
         if not hasattr(lm, "peft_config"):
             lm.save_pretrained(merged_dir, state_dict=lm_state)
         else:
@@ -456,11 +468,24 @@ class PPOTrainer:
             # the training model still carries the reference and value adapters.
             trained = lm.get_base_model()
             dtype = torch.bfloat16 if getattr(trained, "is_loaded_in_4bit", False) else trained.dtype
-            base = load_base_of(self.output_dir, AutoModelForCausalLM, None, self.args.trust_remote_code,
+            base = load_base_of(out, AutoModelForCausalLM, None, self.args.trust_remote_code,
                                 dtype=dtype)  # fmt: skip
-            merged = PeftModel.from_pretrained(base, str(self.output_dir)).merge_and_unload()
+            merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
             merged.save_pretrained(merged_dir)
         self.tokenizer.save_pretrained(merged_dir)
+
+
+LOG_FILES = ("metrics.jsonl", "samples.jsonl")  # in the work folder while running, published with the policy
+
+
+def truncate_logs(work_dir: Path, step: int) -> None:
+    """A resumed run continues its logs from its checkpoint's step: lines logged after it are dropped (redone)."""
+    for name in LOG_FILES:
+        path = work_dir / name
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= step]  # fmt: skip
+            outputs.write_file_atomically(path, "".join(kept))
 
 
 def retie_shared(state: dict, model: torch.nn.Module) -> None:
