@@ -2,6 +2,7 @@
 #   make all                         # the whole default job (offline, CPU, built-in task)
 #   make sft RECIPE=recipes/qwen2.5-0.5b-hh ACCELERATE_CONFIG=recipes/accelerate/multi_gpu.yaml NUM_PROCESSES=8
 #   make sft ARGS="--learning_rate 1e-4"   # any config field can be overridden on the command line
+#   make all SEED=1                  # every stage's seed set to 1, the run in runs/tiny-seed1/
 
 RECIPE ?= recipes/tiny
 ARGS ?=
@@ -13,12 +14,23 @@ TORCH_SPEC ?= torch==2.13.0
 ACCELERATE_CONFIG ?=
 NUM_PROCESSES ?=
 
+# make all SEED=N: every stage's seed set to N, the run in runs/<recipe>-seedN/ (RUN_NAME to choose the name). The
+# recipe with those seeds and paths is written to runs/<name>/recipe/ first: the run can be repeated from it.
+SEED ?=
+ifneq ($(SEED),)
+RUN_NAME ?= $(notdir $(RECIPE))-seed$(SEED)
+SEEDED_RECIPE := runs/$(RUN_NAME)/recipe
+$(shell mkdir -p $(SEEDED_RECIPE) && for f in $(RECIPE)/*.yaml; do sed -E -e 's#runs/$(notdir $(RECIPE))(/|$$|[[:space:]])#runs/$(RUN_NAME)\1#g' -e 's/^seed:.*/seed: $(SEED)/' $$f > $(SEEDED_RECIPE)/$$(basename $$f); done)
+override RECIPE := $(SEEDED_RECIPE)
+endif
+
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-# The built-in recipe never touches the network; real recipes need the Hub.
-OFFLINE ?= $(if $(findstring recipes/tiny,$(RECIPE)),1,0)
+# A recipe that needs no network says so in its data.yaml, `offline: true` (local files, a base model built by
+# `make base`: recipes/tiny, recipes/custom-example); real recipes need the Hub. OFFLINE=0 or 1 overrides it.
+OFFLINE ?= $(shell grep -Eiqs '^offline:[[:space:]]*(true|yes|on)([[:space:]]|$$)' $(RECIPE)/data.yaml && echo 1 || echo 0)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 ifeq ($(OFFLINE),1)
@@ -79,6 +91,8 @@ format: setup
 data: setup
 	$(PY) -m data_prep build --config $(RECIPE)/data.yaml $(ARGS)
 
+# Any recipe with a base.yaml: a tokenizer and a tiny model pretrained on the recipe's own train texts (its
+# data.yaml's pretrain/; the built-in task's own corpus for recipes/tiny).
 base: setup
 	@if [ -f $(RECIPE)/base.yaml ]; then $(PY) -m pipeline.base --config $(RECIPE)/base.yaml $(ARGS); \
 	else echo "$(RECIPE) has no base.yaml: it starts from a pretrained hub model, nothing to build."; fi

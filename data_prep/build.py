@@ -12,6 +12,9 @@ from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
 from data_prep.write import write_atomically, write_json
 
 INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
+# Fewer evaluation prompts than this make the SFT-vs-PPO comparison noise (a labeler score's standard error is
+# ~1/sqrt(n) of its spread); data_info.json holds the count as `eval_prompt_count`, and the warning.
+MIN_EVAL_PROMPTS = 50
 
 
 def build(config: DataConfig) -> dict:
@@ -23,6 +26,13 @@ def build(config: DataConfig) -> dict:
         from data_prep.sources import convert_recipe_data
 
         datasets, info, reports = convert_recipe_data(config)
+
+    info["eval_prompt_count"] = n_eval = len(datasets["eval_prompts"])
+    if n_eval < MIN_EVAL_PROMPTS:
+        info.setdefault("warnings", []).append(
+            f"only {n_eval} evaluation prompts (fewer than {MIN_EVAL_PROMPTS}): SFT-vs-PPO figures will be noisy; "
+            "name more held-out prompts in eval_prompts_data, or hold out more prompts (test_fraction)"
+        )
 
     def fill(tmp: Path) -> None:
         info["sizes"] = save_datasets(datasets, tmp)
@@ -50,6 +60,8 @@ def describe(info: dict, output_dir: str) -> str:
         lines.append("  " + summary["summary"])
     for note in info.get("notes", []):
         lines.append(f"  note: {note}")
+    for warning in info.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if info.get("reports"):
         lines.append("  " + dropped_note(info["dropped_rows"], Path(output_dir) / DROPPED_FILE))
     return "\n".join(lines)

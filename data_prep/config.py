@@ -9,6 +9,7 @@ from pipeline.config import required
 SOURCES = ("builtin", "datasets")
 PREFERENCE_FORMATS = ("hh_rlhf", "pairs", "ranked")
 SFT_FORMATS = ("prompt_completion", "messages")
+PROMPT_FORMATS = ("prompts",)
 
 
 @dataclass
@@ -95,9 +96,59 @@ class DataConfig:
     column_mapping: str | None = field(
         default=None,
         metadata={
-            "help": "Rename input columns to canonical ones, e.g. 'prompt=question,chosen=good,rejected=bad'."
+            "help": "Rename input columns to canonical ones, e.g. 'prompt=question,chosen=good,rejected=bad'; "
+            "applies to every input without a mapping of its own (the *_column_mapping keys)."
         },
     )
+    preference_column_mapping: str | None = field(
+        default=None,
+        metadata={"help": "column_mapping of preference_data, e.g. 'prompt=question,responses=answers,scores=grades'."},
+    )  # fmt: skip
+    sft_column_mapping: str | None = field(
+        default=None,
+        metadata={"help": "column_mapping of sft_data, e.g. 'prompt=question,completion=output'."},
+    )
+    rl_prompts_data: str | None = field(
+        default=None,
+        metadata={"help": "Prompts for PPO (file or hub id, a `prompt` column); none: the train pairs' prompts."},
+    )  # fmt: skip
+    rl_prompts_split: str = field(
+        default="train", metadata={"help": "Hub sets only: split of rl_prompts_data."}
+    )
+    rl_prompts_column_mapping: str | None = field(
+        default=None, metadata={"help": "column_mapping of rl_prompts_data, e.g. 'prompt=question'."}
+    )
+    eval_prompts_data: str | None = field(
+        default=None,
+        metadata={"help": "Held-out prompts for evaluation (file or hub id); none: the held-out pairs' prompts. "
+                  "Prompts also found in any training data are dropped (counted in data_info.json)."},
+    )  # fmt: skip
+    eval_prompts_split: str = field(
+        default="train", metadata={"help": "Hub sets only: split of eval_prompts_data."}
+    )
+    eval_prompts_column_mapping: str | None = field(
+        default=None, metadata={"help": "column_mapping of eval_prompts_data, e.g. 'prompt=question'."}
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Wrap every prompt of every input, e.g. '\\n\\nHuman: {prompt}\\n\\nAssistant:' (the tiny "
+                  "base's chat format); answers then start with one space unless it ends in one. None: prompts as they are."},
+    )  # fmt: skip
+    pretrain_corpus: bool = field(
+        default=False,
+        metadata={"help": "source datasets: also write pretrain/, the corpus `make base` trains on: every train "
+                  "text (SFT demonstrations, each preference response, RL prompts) plus pretrain_text_files, "
+                  "never a held-out one."},
+    )  # fmt: skip
+    pretrain_text_files: str | None = field(
+        default=None,
+        metadata={"help": "Extra UTF-8 .txt files (comma-separated paths or globs) for pretrain/, one text per line."},
+    )  # fmt: skip
+    offline: bool = field(
+        default=False,
+        metadata={"help": "The recipe needs no network (local files, a base model built by `make base`): make runs "
+                  "every stage with HF_HUB_OFFLINE=1, and a hub data set id here is an error."},
+    )  # fmt: skip
     test_fraction: float = field(
         default=0.05, metadata={"help": "Fraction held out when a data set has no test split of its own."}
     )
@@ -133,12 +184,32 @@ class DataConfig:
             raise ConfigError(
                 "data config: source 'datasets' needs preference_data (a file path or hub data set id)."
             )
+        if self.prompt_template is not None and "{prompt}" not in self.prompt_template:
+            raise ConfigError(
+                f"data config: prompt_template {self.prompt_template!r} must contain {{prompt}}, where each "
+                "input's prompt goes."
+            )
+        if self.offline and self.source == "datasets":
+            from data_prep.sources import is_file_like
+
+            hub = [s for s in self.inputs() if not is_file_like(s)]
+            if hub:
+                raise ConfigError(
+                    f"data config: offline is true but {hub[0]!r} is no local file (a hub data set id?); point "
+                    "it at a local .jsonl/.json/.csv/.parquet file, or set offline: false."
+                )
         if self.responses_per_prompt < 2:
             raise ConfigError("data config: responses_per_prompt must be at least 2 to form pairs.")
         if not 0.0 < self.heldout_fraction < 1.0 or not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(
                 "data config: heldout_fraction and test_fraction must lie strictly between 0 and 1."
             )
+
+    def inputs(self) -> list[str]:
+        """Every input a `datasets` build reads."""
+        names = (self.preference_data, self.preference_test_data, self.sft_data, self.rl_prompts_data,
+                 self.eval_prompts_data)  # fmt: skip
+        return [n for n in names if n]
 
 
 CONFIG_TYPES = (DataConfig,)
@@ -152,7 +223,8 @@ class ConvertConfig:
     output: str = field(metadata={"help": "Folder for datasets.save_to_disk, or a file ending in .jsonl."})
     format: str = field(
         metadata={
-            "help": "hh_rlhf, pairs, ranked (-> prompt/chosen/rejected) or prompt_completion, messages."
+            "help": "hh_rlhf, pairs, ranked (-> prompt/chosen/rejected), prompt_completion, messages (SFT) "
+            "or prompts (-> prompt)."
         }
     )
     split: str = field(
@@ -173,6 +245,6 @@ class ConvertConfig:
     def __post_init__(self):
         from pipeline.config import ConfigError
 
-        formats = PREFERENCE_FORMATS + SFT_FORMATS
+        formats = PREFERENCE_FORMATS + SFT_FORMATS + PROMPT_FORMATS
         if self.format not in formats:
             raise ConfigError(f"convert: format '{self.format}' is unknown; use one of {', '.join(formats)}.")

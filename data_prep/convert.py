@@ -7,6 +7,7 @@ returns canonical rows; bad rows go to the report with their row number (`first_
     convert_pairs     {prompt, chosen, rejected}                -> {prompt, chosen, rejected}
     convert_ranked    {prompt, responses, ranks | scores}       -> {prompt, chosen, rejected[, margin]}
     convert_sft       {prompt, completion} or {messages}        -> the same, validated
+    convert_prompts   {prompt}                                  -> the same, validated (PPO and eval prompts)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ REQUIRED_COLUMNS = {
     "ranked": ("prompt", "responses"),
     "prompt_completion": ("prompt", "completion"),
     "messages": ("messages",),
+    "prompts": ("prompt",),
 }
 
 
@@ -235,6 +237,27 @@ def convert_sft(
     return finish(report, out)
 
 
+def convert_prompts(
+    rows: list[dict], report: RowReport, max_chars: int = 20000, first_row: int = 1
+) -> list[dict]:
+    """{prompt} rows (other columns are ignored); empty, over-long and repeated prompts are reported."""
+    out, seen = [], set()
+    for row, record in numbered_records(rows, report, first_row):
+        if not check_text_fields(report, row, record, ("prompt",)):
+            continue
+        prompt = record["prompt"]
+        if len(prompt) > max_chars:
+            report.reject(
+                row, "too long", f"the prompt has {len(prompt)} characters, over max_chars={max_chars}"
+            )
+        elif prompt in seen:
+            report.reject(row, "duplicate", "the same prompt occurs in an earlier row")
+        else:
+            seen.add(prompt)
+            out.append({"prompt": prompt})
+    return finish(report, out)
+
+
 def _json_list(text: str):
     try:
         return json.loads(text)  # reads NaN and Infinity too, which check_numbers then reports
@@ -287,4 +310,6 @@ def convert_rows(rows: list[dict], fmt: str, report: RowReport, max_chars: int =
         return convert_pairs(rows, report, max_chars)
     if fmt == "ranked":
         return convert_ranked(rows, report, max_chars, margin=margin)
+    if fmt == "prompts":
+        return convert_prompts(rows, report, max_chars)
     return convert_sft(rows, report, fmt, max_chars)

@@ -21,7 +21,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 from data_prep.config import ConvertConfig, DataConfig
-from data_prep.convert import convert_rows, same_columns
+from data_prep.convert import ASSISTANT_TURN, convert_rows, same_columns
 from data_prep.validate import (
     DROPPED_FILE,
     DataSourceError,
@@ -39,7 +39,7 @@ FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz")
 # --- reading ------------------------------------------------------------------------------------------------
 
 
-def _is_file_like(source: str) -> bool:
+def is_file_like(source: str) -> bool:
     return source.endswith(FILE_SUFFIXES) or any(ch in source for ch in "*?") or Path(source).exists()
 
 
@@ -199,7 +199,7 @@ def load_rows(
 ) -> list:
     """Rows of a local file (or glob of files, concatenated) or of a hub data set, as a list of dicts. `files`
     gets (number of its first row, path) for each file read, to report rows by file (RowReport.files)."""
-    if _is_file_like(source):
+    if is_file_like(source):
         paths = sorted(glob.glob(source)) if any(ch in source for ch in "*?") else [source]
         if not paths or not all(Path(p).is_file() for p in paths):
             raise DataSourceError(
@@ -259,7 +259,7 @@ def read_and_convert(
     margin: bool = True,
 ) -> tuple[list[dict], RowReport]:
     """Load one input and convert it to canonical rows; the report lists every dropped row and why."""
-    label = source if _is_file_like(source) else f"{source} [{split}]"
+    label = source if is_file_like(source) else f"{source} [{split}]"
     report = RowReport(label, strict=strict)
     rows = load_rows(source, split, data_dir, max_rows, files=report.files)
     rows = apply_column_mapping(rows, parse_column_mapping(column_mapping), label)
@@ -284,41 +284,43 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | DatasetDict], dict, list[RowReport]]:
-    """sft/, preference/, prompts/, eval_prompts/ from `preference_data` (+ optional `sft_data`)."""
+    """sft/, preference/, prompts/, eval_prompts/ (and with `pretrain_corpus`, pretrain/) from `preference_data`
+    (+ optional `sft_data`, `rl_prompts_data`, `eval_prompts_data`), each read with its own column mapping."""
     reports: dict[str, RowReport] = {}
-    common = dict(
-        column_mapping=config.column_mapping,
-        max_rows=config.max_rows,
-        max_chars=config.max_chars,
-        strict=config.strict,
-    )
-    pref_source = config.preference_data
-    pref_train, reports["preference_train"] = read_and_convert(
-        pref_source,
-        config.preference_format,
-        split=config.preference_train_split,
-        data_dir=config.preference_data_dir,
-        **common,
-    )
-    if config.preference_test_data or (config.preference_test_split and not _is_file_like(pref_source)):
-        test_source = config.preference_test_data or pref_source
-        pref_test, reports["preference_test"] = read_and_convert(
-            test_source,
-            config.preference_format,
-            split=config.preference_test_split or "train",
-            data_dir=config.preference_data_dir,
-            **common,
-        )
+
+    def read(name, source, fmt, mapping_key, split="train", data_dir=None):
+        # One mapping per input, the shared column_mapping where an input has none.
+        mapping = getattr(config, mapping_key) or config.column_mapping
+        try:
+            rows, reports[name] = read_and_convert(
+                source, fmt, split=split, data_dir=data_dir, column_mapping=mapping, max_rows=config.max_rows,
+                max_chars=config.max_chars, strict=config.strict,
+            )  # fmt: skip
+        except MissingColumnsError as err:  # its hint names --column_mapping; a recipe sets a data.yaml key
+            raise MissingColumnsError(f"{err} In data.yaml, set {mapping_key} (or column_mapping).") from None
+        return _templated(rows, config.prompt_template)
+
+    pref_source, pref_format = config.preference_data, config.preference_format
+    pref_map = "preference_column_mapping"
+    pref_train = read(
+        "preference_train", pref_source, pref_format, pref_map, config.preference_train_split,
+        config.preference_data_dir,
+    )  # fmt: skip
+    if config.preference_test_data or (config.preference_test_split and not is_file_like(pref_source)):
+        pref_test = read(
+            "preference_test", config.preference_test_data or pref_source, pref_format, pref_map,
+            config.preference_test_split or "train", config.preference_data_dir,
+        )  # fmt: skip
     else:  # a single file: hold out whole prompts
         pref_train, pref_test = _hold_out_by_prompt(pref_train, config.test_fraction, config.seed)
 
     if config.sft_data:
-        sft_train, reports["sft_train"] = read_and_convert(
-            config.sft_data, config.sft_format, split=config.sft_train_split, **common
+        sft_train = read(
+            "sft_train", config.sft_data, config.sft_format, "sft_column_mapping", config.sft_train_split
         )
-        if config.sft_test_split and not _is_file_like(config.sft_data):
-            sft_test, reports["sft_test"] = read_and_convert(
-                config.sft_data, config.sft_format, split=config.sft_test_split, **common
+        if config.sft_test_split and not is_file_like(config.sft_data):
+            sft_test = read(
+                "sft_test", config.sft_data, config.sft_format, "sft_column_mapping", config.sft_test_split
             )
         else:
             random.Random(config.seed).shuffle(sft_train)
@@ -329,28 +331,108 @@ def convert_recipe_data(config: DataConfig) -> tuple[dict[str, Dataset | Dataset
         sft_test = _unique_demos(pref_test)
 
     notes = [n for n in [same_columns(pref_train, pref_test)] if n]
-    train_prompts = _unique([r["prompt"] for r in pref_train])
     rng = random.Random(config.seed)
-    rl_prompts = list(train_prompts)
+    if config.rl_prompts_data:
+        rows = read(
+            "rl_prompts", config.rl_prompts_data, "prompts", "rl_prompts_column_mapping", config.rl_prompts_split
+        )  # fmt: skip
+        rl_prompts = [r["prompt"] for r in rows]
+    else:
+        rl_prompts = _unique([r["prompt"] for r in pref_train])
     rng.shuffle(rl_prompts)
-    seen = set(train_prompts)
-    eval_candidates = [p for p in _unique([r["prompt"] for r in pref_test]) if p not in seen]
+    rl_prompts = rl_prompts[: config.num_rl_prompts]
+    # Evaluation prompts are never trained on, by any stage.
+    seen = {r["prompt"] for r in pref_train} | {r.get("prompt") for r in sft_train} | set(rl_prompts)
+    if config.eval_prompts_data:
+        rows = read(
+            "eval_prompts", config.eval_prompts_data, "prompts", "eval_prompts_column_mapping",
+            config.eval_prompts_split,
+        )  # fmt: skip
+        candidates = [r["prompt"] for r in rows]
+    else:
+        candidates = _unique([r["prompt"] for r in pref_test])
+    eval_candidates = [p for p in candidates if p not in seen]
     rng.shuffle(eval_candidates)
+    eval_prompts = eval_candidates[: config.num_eval_prompts]
 
     datasets = {
         "sft": DatasetDict(train=Dataset.from_list(sft_train), test=Dataset.from_list(sft_test)),
         "preference": DatasetDict(train=Dataset.from_list(pref_train), test=Dataset.from_list(pref_test)),
-        "prompts": Dataset.from_dict({"prompt": rl_prompts[: config.num_rl_prompts]}),
-        "eval_prompts": Dataset.from_dict({"prompt": eval_candidates[: config.num_eval_prompts]}),
+        "prompts": Dataset.from_dict({"prompt": rl_prompts}),
+        "eval_prompts": Dataset.from_dict({"prompt": eval_prompts}),
     }
     info = {
         "source": "datasets",
-        "eval_prompts_removed_as_seen_in_train": len(_unique([r["prompt"] for r in pref_test]))
-        - len(eval_candidates),
+        "eval_prompts_removed_as_seen_in_train": len(candidates) - len(eval_candidates),
         "reports": {name: report.to_dict() for name, report in reports.items()},
         "notes": notes,
     }
+    if config.pretrain_corpus:
+        heldout = {r["prompt"] for r in pref_test} | set(eval_prompts)
+        texts = pretrain_texts(sft_train, pref_train, rl_prompts, heldout, config.prompt_template)
+        extra = read_text_files(config.pretrain_text_files) if config.pretrain_text_files else []
+        datasets["pretrain"] = Dataset.from_dict({"text": _unique(texts + extra)})
+        info["pretrain_texts"] = {"train": len(texts), "text_files": len(extra)}
     return datasets, info, list(reports.values())
+
+
+def _templated(rows: list[dict], template: str | None) -> list[dict]:
+    """Each prompt wrapped in `template`; answers then start with one space, as in the HH format (`Assistant:`
+    then ` answer`), so the prompt's last token never fuses with the answer's first."""
+    if not template:
+        return rows
+    space = "" if template[-1:].isspace() else " "
+    for row in rows:
+        if "prompt" in row:
+            row["prompt"] = template.replace("{prompt}", row["prompt"])
+        for key in ("chosen", "rejected", "completion"):
+            if key in row and not row[key][:1].isspace():
+                row[key] = space + row[key]
+    return rows
+
+
+def _messages_text(messages: list[dict]) -> str:
+    """A chat as the tiny base's chat template renders it (pipeline.base.CHAT_TEMPLATE), EOS aside."""
+    turns = {"system": "{}", "user": "\n\nHuman: {}", "assistant": "\n\nAssistant: {}"}
+    return "".join(turns[m["role"]].format(m["content"]) for m in messages)
+
+
+def pretrain_texts(
+    sft_train: list[dict],
+    pref_train: list[dict],
+    rl_prompts: list[str],
+    heldout: set[str],
+    template: str | None = None,
+) -> list[str]:
+    """The `make base` corpus of a converted recipe: its train texts only (each SFT demonstration, each distinct
+    preference response after its prompt, each RL prompt), none whose prompt is held out (`heldout`)."""
+    texts = [
+        _messages_text(r["messages"]) if "messages" in r else r["prompt"] + r["completion"]
+        for r in sft_train
+        if r.get("prompt") not in heldout
+    ]
+    texts += [
+        r["prompt"] + r[k] for r in pref_train if r["prompt"] not in heldout for k in ("chosen", "rejected")
+    ]
+    # An RL prompt alone ends at the generation cue ("Assistant:"); base.py appends EOS to every text, which would
+    # teach the base to answer nothing, so the cue is cut off: the text is the question only.
+    cue = template.split("{prompt}", 1)[1] if template else ASSISTANT_TURN
+    texts += [p.removesuffix(cue) if cue else p for p in rl_prompts if p not in heldout]
+    return _unique(texts)
+
+
+def read_text_files(patterns: str) -> list[str]:
+    """The non-blank lines of comma-separated .txt paths or globs, one text each."""
+    texts = []
+    for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            raise DataSourceError(
+                f"pretrain_text_files: {pattern} matches no file (relative to {Path.cwd()})."
+            )
+        for path in paths:
+            texts += [line for line in _read_text(Path(path)).splitlines() if line.strip()]
+    return texts
 
 
 def _unique_demos(pairs: list[dict]) -> list[dict]:

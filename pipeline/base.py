@@ -1,10 +1,14 @@
-"""Stage 0 of the built-in recipe: a tokenizer and a tiny causal LM pretrained from scratch, offline.
+"""Stage 0 of an offline recipe: a tokenizer and a tiny causal LM pretrained from scratch, offline.
 
 Real recipes start from a hub model and skip this stage. Here we stand in for that pretrained model: a
-byte-level BPE tokenizer trained on the built-in corpus and a small Llama trained on it with the stock
+byte-level BPE tokenizer trained on the recipe's corpus and a small Llama trained on it with the stock
 `transformers.Trainer`, saved with `save_pretrained` so every later stage loads it exactly like a hub model.
+The corpus is `runs/<recipe>/data/pretrain` (a `text` column): the built-in task's own pretraining dialogues for
+recipes/tiny; for a recipe of your own data, its train texts (data.yaml `pretrain_corpus: true`), so the base
+knows your task's language before you rent a GPU.
 
     python -m pipeline.base --config recipes/tiny/base.yaml
+    python -m pipeline.base --config recipes/custom-example/base.yaml
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class BaseModelArguments:
     eval_fraction: float = field(
         default=0.05, metadata={"help": "held-out share of the corpus for eval loss"}
     )
+    split_digits: bool = field(
+        default=False,
+        metadata={"help": "one token per digit (as Llama and Qwen tokenize numbers), so a small model can copy and "
+                  "compare numbers; off for the built-in task, whose text has none"},
+    )  # fmt: skip
 
 
 CONFIG_TYPES = (BaseModelArguments, TrainingArguments)
@@ -59,8 +68,9 @@ def load_corpus(path: str):
 
     if not Path(path).exists():
         raise UserError(
-            f"Pretraining corpus {path} does not exist. Build it first: make data (python -m data_prep build "
-            "--config recipes/tiny/data.yaml), or set corpus_path."
+            f"Pretraining corpus {path} does not exist. Build it first: make data RECIPE=recipes/<name> (python -m "
+            "data_prep build --config recipes/<name>/data.yaml; converted data need `pretrain_corpus: true` "
+            "there), or set corpus_path."
         )
     corpus = load_from_disk(path)
     if "text" not in corpus.column_names:
@@ -68,13 +78,17 @@ def load_corpus(path: str):
     return corpus
 
 
-def train_tokenizer(texts, vocab_size: int, max_length: int):
+def train_tokenizer(texts, vocab_size: int, max_length: int, split_digits: bool = False):
     """Byte-level BPE (the GPT-2/Llama-3 family's scheme): any string is encodable, no unknown tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), tokenizer.pre_tokenizer]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -119,7 +133,9 @@ def main(args=None):
     set_seed(training_args.seed)
 
     corpus = load_corpus(model_args.corpus_path).shuffle(seed=training_args.seed)
-    tokenizer = train_tokenizer(corpus["text"], model_args.vocab_size, model_args.max_length)
+    tokenizer = train_tokenizer(
+        corpus["text"], model_args.vocab_size, model_args.max_length, model_args.split_digits
+    )
     eos = tokenizer.eos_token
 
     def tokenize(batch):

@@ -22,6 +22,7 @@ from trl import ModelConfig
 
 from pipeline import tracking
 from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.health import policy_checks
 from pipeline.models import check_model_dir, is_quantized, load_callable, load_causal_lm, load_tokenizer
 from pipeline.sampling import (
     generate,
@@ -32,7 +33,7 @@ from pipeline.sampling import (
     set_aside,
     tokenize_prompts,
 )
-from pipeline.scoring import RewardScorer, accuracy, sharded_margins
+from pipeline.scoring import RewardScorer, accuracy, sharded_pair_scores
 
 
 @dataclass
@@ -71,6 +72,10 @@ class EvalArguments:
     )
     seed: int = 0
     num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
+    max_kl: float = field(
+        default=10.0,
+        metadata={"help": "KL(PPO || SFT) per answer above this is reported as drift (pipeline.health)"},
+    )
     # As in TrainingArguments (pipeline/tracking.py): the figures go to the PPO stage's tracker run when it has one.
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "tensorboard, trackio, wandb (comma-separated), all or none"}
@@ -212,6 +217,7 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
     sft = load_policy(args.sft_model_path, model_args, device, args.trust_remote_code)
     queries, responses = sample(sft, tokenizer, prompts, args, seed, "the SFT policy")
     _store(records, "sft", tokenizer, responses)
+    _store_logprobs(records, "sft", sft, queries, responses, tokenizer, args.temperature)
     del responses
 
     log(f"sampling from the PPO policy {args.ppo_model_path}")
@@ -219,17 +225,22 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
     queries, responses = sample(ppo, tokenizer, prompts, args, seed, "the PPO policy")
     _store(records, "ppo", tokenizer, responses)
     log("KL of PPO from SFT on PPO's answers")
+    _store_logprobs(records, "ppo", ppo, queries, responses, tokenizer, args.temperature)
+    _store_logprobs(records, "ppo_under_sft", sft, queries, responses, tokenizer, args.temperature)
+    for record in records:
+        record["ppo_log_ratio"] = record["ppo_logprob"] - record.pop("ppo_under_sft_logprob")
+    del sft, ppo
+    return records
+
+
+def _store_logprobs(records, name: str, model, queries, responses, tokenizer, temperature: float) -> None:
+    """`<name>_logprob`: log-probability of each answer under `model` (the entropy and KL estimates use it)."""
     i = 0
     for query, batch in zip(queries, responses):
         mask = response_mask(batch, tokenizer.eos_token_id)
-        log_ratio = sequence_logprobs(ppo, query, batch, mask, args.temperature) - sequence_logprobs(
-            sft, query, batch, mask, args.temperature
-        )
-        for value in log_ratio.tolist():
-            records[i]["ppo_log_ratio"] = value
+        for value in sequence_logprobs(model, query, batch, mask, temperature).tolist():
+            records[i][f"{name}_logprob"] = value
             i += 1
-    del sft, ppo
-    return records
 
 
 def _store(records: list[dict], name: str, tokenizer, responses) -> None:
@@ -279,7 +290,9 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
     return prompts, pairs
 
 
-def summarize(records: list[dict], margins: list[float], args: EvalArguments, num_processes: int) -> dict:
+def summarize(
+    records: list[dict], margins: list[float], args: EvalArguments, num_processes: int, chosen: list[float]
+) -> dict:
     def mean(key):
         values = [r[key] for r in records if r.get(key) is not None]
         return statistics.fmean(values) if values else None
@@ -312,6 +325,8 @@ def summarize(records: list[dict], margins: list[float], args: EvalArguments, nu
         result["ppo_labeler_win_rate"] = statistics.fmean(wins)
         result["labeler_tie_rate"] = statistics.fmean(ties)
     result["reward_model_margin_mean"] = statistics.fmean(margins)
+    result["health"] = {"ppo": policy_checks(records, chosen, args.max_kl)}
+    result["warnings"] = [f"PPO {w}" for w in result["health"]["ppo"]["warnings"]]
     result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}
     result["settings"] = {
         "reward_model_path": args.reward_model_path,
@@ -359,11 +374,12 @@ def main(args=None):
                                 eval_args.trust_remote_code)  # fmt: skip
     score_records(records, reward_model, labeler)
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
-    margins, _ = sharded_margins(reward_model, pairs, state)
+    chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)
+    margins = [c - r for c, r in zip(chosen, rejected)]
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
     records = gather_object(records)[: len(prompts)]
 
-    result = summarize(records, margins, eval_args, state.num_processes)
+    result = summarize(records, margins, eval_args, state.num_processes, chosen)
     if state.is_main_process:
         write_outputs(eval_args, result, records, trackers)
     state.wait_for_everyone()
@@ -427,6 +443,7 @@ def headline(result: dict, report: Path) -> str:
             f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}"
         )
     lines.append(f"  KL(PPO || SFT) per answer: {fmt(result['kl_ppo_from_sft'])} nats")
+    lines += [f"  WARNING: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -95,6 +95,39 @@ def plot_training(metrics: list[dict], path: Path) -> bool:
     return drawn
 
 
+def plot_gold_curve(metrics: list[dict], path: Path) -> int:
+    """Reward-model and labeler score of PPO's gold evaluations against their KL from the SFT policy (Gao et al.,
+    2022); returns the number of points drawn (0: PPO ran no gold evaluation)."""
+    points = [row for row in metrics if row.get("eval/kl") is not None]
+    if not points:
+        return 0
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    kl = [row["eval/kl"] for row in points]
+    ax.plot(
+        kl,
+        [row["eval/reward_model_score"] for row in points],
+        "o-",
+        color=PPO_COLOR,
+        label="reward-model score",
+    )
+    ax.set_xlabel("KL(policy || SFT), nats per answer")
+    ax.set_ylabel("reward-model score", color=PPO_COLOR)
+    gold = ax.twinx()
+    gold.plot(kl, [row["eval/labeler_score"] for row in points], "s-", color="#55A868", label="labeler score")
+    gold.set_ylabel("labeler score (gold)", color="#55A868")
+    for row in points:
+        ax.annotate(f"step {row['step']}", (row["eval/kl"], row["eval/reward_model_score"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    ax.grid(alpha=0.3)
+    fig.suptitle(
+        "Held-out scores against KL during PPO: the labeler falling while the reward model rises is over-optimisation"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return len(points)
+
+
 def plot_distributions(records: list[dict], path: Path) -> None:
     plt = _pyplot()
     kinds = [("reward_model_score", "Reward-model score")]
@@ -172,6 +205,15 @@ def sample_table(records: list[dict], n: int) -> list[str]:
     return lines
 
 
+def warning_box(result: dict) -> list[str]:
+    """A blockquote at the top of the report, one line per failed check of `pipeline.health`, with its numbers."""
+    if not result.get("warnings"):
+        return []
+    box = ["> **Warning: this policy may be worse than its reward-model score says.**", ">"]
+    box += [f"> - {w}" for w in result["warnings"]]
+    return [*box, ""]
+
+
 def write_report(
     run_dir: Path,
     result: dict,
@@ -185,13 +227,13 @@ def write_report(
     plots.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(metrics_path)
     has_curves = plot_training(metrics, plots / "ppo_training.png") if metrics else False
+    gold_points = plot_gold_curve(metrics, plots / "gold_curve.png")
     plot_distributions(records, plots / "reward_distributions.png")
     policies = result["policies"]
     counts = result["counts"]
 
-    lines = [
-        f"# Evaluation of {run_dir.name}",
-        "",
+    lines = [f"# Evaluation of {run_dir.name}", "", *warning_box(result)]
+    lines += [
         f"{counts['num_prompts']} held-out prompts, answered by the SFT and the PPO policy with the same sampling "
         f"settings (temperature {result['settings']['temperature']}, at most {result['settings']['max_new_tokens']} "
         f"new tokens, seed {result['settings']['seed']}).",
@@ -213,6 +255,13 @@ def write_report(
         f"- **Reward-model accuracy** on {counts['num_preference_pairs']} held-out preference pairs: "
         f"{_fmt(result['reward_model_accuracy'])} (chance: 0.5).",
     ]
+    if result.get("sft_labeler_score") is not None:
+        rm_gain = result["ppo_reward_model_score"] - result["sft_reward_model_score"]
+        labeler_gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
+        lines.append(
+            f"- **Gain over SFT**: reward model {rm_gain:+.3f}, labeler {labeler_gain:+.3f} (a reward-model gain "
+            "without a labeler gain is the reward model being exploited)."
+        )
     if "ppo_labeler_win_rate" in result:
         lines.append(
             f"- PPO's answer scores higher than SFT's with the labeler on {result['ppo_labeler_win_rate']:.0%} of "
@@ -228,6 +277,15 @@ def write_report(
         ]
     else:
         lines.append(f"No training metrics found at `{metrics_path}`.")
+    if gold_points:
+        lines += [
+            "",
+            f"Gold evaluations during PPO ({gold_points} points, `eval_reward_fn`): the reward-model score and the "
+            "labeler's against the KL from the SFT policy. Where the labeler flattens or falls while the reward "
+            "model still rises, PPO is being paid by the reward model for what the labeler does not want.",
+            "",
+            "![Scores against KL](plots/gold_curve.png)",
+        ]
     if trackers:
         lines += ["", "The training curves, sample tables and these figures in the experiment trackers:", ""]
         lines += [f"- {line}" for line in trackers]

@@ -72,6 +72,11 @@ class RewardScriptArguments(RunOutputArguments):
     use_margin: bool = field(
         default=True, metadata={"help": "subtract the data's `margin` column inside the loss when present"}
     )
+    grouped: bool = field(
+        default=False,
+        metadata={"help": "InstructGPT's ranking loss: all pairs of a prompt in one batch element, each answer "
+                  "scored once (pipeline.ranking); per_device_train_batch_size then counts prompts"},
+    )  # fmt: skip
 
 
 @dataclass
@@ -180,21 +185,19 @@ def main(args=None, callbacks=None):
         model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
                            pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
-    trainer = RewardTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        peft_config=peft_config(model_args),
-        callbacks=[*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
-    )
+    callbacks = [*(callbacks or []), tracker, StopOnNonFinite(final_dir)]
+    if script_args.grouped:
+        trainer = grouped_trainer(model, training_args, model_args, train_data, tokenizer, callbacks)
+    else:
+        trainer = RewardTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                                processing_class=tokenizer, peft_config=peft_config(model_args),
+                                callbacks=callbacks)  # fmt: skip
     report_engine(trainer.accelerator)
     train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     metrics = dict(train_result.metrics)
     metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
     metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
-    if eval_data is not None:  # TRL's running eval metrics; eval_accuracy is recomputed exactly below
+    if eval_data is not None and not script_args.grouped:  # TRL's eval metrics; eval_accuracy is exact below
         metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
 
     check_finite_weights(trainer)
@@ -228,6 +231,23 @@ def main(args=None, callbacks=None):
             print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
         print(f"Saved to {final_dir}")
     return metrics
+
+
+def grouped_trainer(model, training_args, model_args, pairs, tokenizer, callbacks):
+    """The grouped ranking loss (pipeline.ranking) on transformers' Trainer, LoRA wrapped here as TRL would."""
+    from datasets import Dataset
+
+    from pipeline.ranking import GroupCollator, GroupedRewardTrainer, group_pairs
+
+    config = peft_config(model_args)
+    if config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, config)
+    training_args.remove_unused_columns = False  # the collator reads the group columns
+    return GroupedRewardTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(group_pairs(pairs)),
+                                data_collator=GroupCollator(tokenizer, training_args.max_length),
+                                processing_class=tokenizer, callbacks=callbacks)  # fmt: skip
 
 
 def merge_reward_adapter(tmp: Path, tokenizer, start: str, model_args, remote_code: bool) -> None:

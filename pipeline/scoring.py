@@ -78,17 +78,25 @@ def preference_margins(scorer: RewardScorer, pairs: list[dict]) -> list[float]:
     return (chosen - rejected).tolist()
 
 
-def sharded_margins(scorer: RewardScorer, pairs: list[dict], state) -> tuple[list[float], list[int]]:
-    """`preference_margins` over every pair, each process scoring its contiguous share on its own device;
-    returns the margins in order (on every rank) and how many pairs each rank scored."""
+def sharded_pair_scores(scorer: RewardScorer, pairs: list[dict], state) -> tuple[list, list, list[int]]:
+    """Scores of every pair's chosen and rejected response, each process scoring its contiguous share on its own
+    device; returns both lists in order (on every rank) and how many pairs each rank scored."""
     from accelerate.utils import gather_object
 
     with state.split_between_processes(pairs, apply_padding=True) as shard:
         shard = list(shard)
-        margins = preference_margins(scorer, shard)
+        prompts, ended = [p["prompt"] for p in shard], [True] * len(shard)
+        chosen = scorer(prompts, [p["chosen"] for p in shard], ended).tolist()
+        rejected = scorer(prompts, [p["rejected"] for p in shard], ended).tolist()
     counts = gather_object([len(shard)])
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
-    return gather_object(margins)[: len(pairs)], counts
+    return gather_object(chosen)[: len(pairs)], gather_object(rejected)[: len(pairs)], counts
+
+
+def sharded_margins(scorer: RewardScorer, pairs: list[dict], state) -> tuple[list[float], list[int]]:
+    """`preference_margins` over every pair, sharded as `sharded_pair_scores`; and each rank's pair count."""
+    chosen, rejected, counts = sharded_pair_scores(scorer, pairs, state)
+    return [c - r for c, r in zip(chosen, rejected)], counts
 
 
 def accuracy(margins: list[float]) -> float:

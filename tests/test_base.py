@@ -77,3 +77,15 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
     ]
     with pytest.raises(UserError, match="make data"):
         main(args)
+
+
+def test_split_digits_gives_every_digit_its_own_token():
+    """Numbers as Llama and Qwen tokenize them (recipes/custom-example): one token per digit, however often a
+    longer number occurs; off by default, so the built-in recipe's tokenizer is unchanged."""
+    texts = ["That is 3000 grams. That is 4000 grams."] * 50
+    split = train_tokenizer(texts, vocab_size=300, max_length=64, split_digits=True)
+    ids = split(" 3000 grams")["input_ids"]
+    assert split.convert_ids_to_tokens(ids)[1:5] == ["3", "0", "0", "0"]
+    assert split.decode(ids) == " 3000 grams"
+    merged = train_tokenizer(texts, vocab_size=300, max_length=64)
+    assert len(merged(" 3000 grams")["input_ids"]) < len(ids)

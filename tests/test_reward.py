@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import TrainerCallback
 
 from pipeline.config import UserError
 from tests.conftest import record_learning
@@ -171,3 +173,61 @@ def test_score_head_is_trained_with_lora_by_default():
         and model_args.lora_task_type == "SEQ_CLS"
         and model_args.lora_modules_to_save == ["score"]
     )
+
+
+def test_grouping_rebuilds_each_prompts_ranking():
+    from pipeline.ranking import GroupCollator, group_pairs
+
+    pairs = [
+        {"prompt": "P", "chosen": " best", "rejected": " mid", "margin": 1.0},
+        {"prompt": "Q", "chosen": " yes", "rejected": " no", "margin": 2.0},
+        {"prompt": "P", "chosen": " best", "rejected": " worst", "margin": 3.0},
+        {"prompt": "P", "chosen": " mid", "rejected": " worst", "margin": 2.0},
+    ]
+    p, q = group_pairs(pairs)
+    assert p["responses"] == [" best", " mid", " worst"] and (p["better"], p["worse"]) == (
+        [0, 0, 1],
+        [1, 2, 2],
+    )
+    assert p["margin"] == [1.0, 3.0, 2.0] and q["responses"] == [" yes", " no"]
+
+    class Tokenizer:  # one token per character: what the collator does with the texts is what is checked
+        eos_token, pad_token_id = "$", 0
+
+        def __call__(self, texts, max_length=None, **kwargs):
+            ids = [[ord(c) for c in t][-max_length:] for t in texts]
+            width = max(map(len, ids))
+            return {"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                    "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])}  # fmt: skip
+
+    batch = GroupCollator(Tokenizer(), max_length=6)([p, q])
+    assert batch["input_ids"].shape[0] == 5  # every answer once: 3 of P, 2 of Q
+    assert batch["better"].tolist() == [0, 0, 1, 3] and batch["worse"].tolist() == [1, 2, 2, 4]
+    assert batch["group"].tolist() == [0, 0, 0, 1]
+    assert "".join(map(chr, batch["input_ids"][0].tolist())) == "P best$"[-6:]  # cut on the left, EOS kept
+
+
+@pytest.mark.slow
+def test_grouped_ranking_loss_trains_a_plain_reward_model(tiny_base, tiny_data, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.reward import main
+
+    logged = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                logged.append(logs["loss"])
+
+    out = tmp_path / "grouped"
+    metrics = main([
+        "--config", str(RECIPE), "--model_name_or_path", str(tiny_base),
+        "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(out), "--grouped", "true",
+        "--per_device_train_batch_size", "8", "--max_steps", "40", "--logging_steps", "10",
+        "--disable_tqdm", "true",
+    ], callbacks=[Losses()])  # fmt: skip
+    assert len(logged) == 4 and logged[-1] < logged[0], logged
+    assert metrics["eval_accuracy"] > 0.55, metrics  # 40 steps of 8 prompts; chance is 0.5
+    model = AutoModelForSequenceClassification.from_pretrained(out)  # plain: the adapter is merged in
+    assert model.config.num_labels == 1 and not (out / "adapter_config.json").exists()

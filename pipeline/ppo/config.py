@@ -141,6 +141,12 @@ class PPOConfig(TrainingArguments):
     )
     adaptive_kl: bool = field(default=False, metadata={"help": "Ziegler et al. adaptive KL controller"})
     target_kl: float = 6.0
+    max_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop PPO (and save the policy of that step) once KL(policy || SFT) per answer passes this"
+        },
+    )
     kl_horizon: int = 10000
     cliprange: float = 0.2
     cliprange_value: float = 0.2
@@ -153,6 +159,14 @@ class PPOConfig(TrainingArguments):
         default=10, metadata={"help": "print/save a table of sample generations every N steps"}
     )
     num_samples: int = field(default=4, metadata={"help": "rows in the sample table"})
+    eval_reward_fn: str | None = field(
+        default=None,
+        metadata={"help": "gold labeler 'module:function' f(prompts, responses) -> scores: every eval_every steps "
+                  "the policy answers eval_num_prompts held-out prompts, scored by it and by the reward model, with "
+                  "its KL from the SFT policy (the over-optimisation curve in the report)"},
+    )  # fmt: skip
+    eval_every: int = field(default=0, metadata={"help": "steps between gold evaluations (0: none)"})
+    eval_num_prompts: int = field(default=32, metadata={"help": "held-out prompts per gold evaluation"})
     save_merged: bool = field(default=True, metadata={"help": "also write merged/ (a plain merged policy)"})
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}
@@ -192,7 +206,8 @@ class PPOConfig(TrainingArguments):
         super().__post_init__()
 
         # On the command line `--reward_model_path null` must mean None, as it does in YAML.
-        for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint"):
+        for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint",
+                     "eval_reward_fn"):  # fmt: skip
             if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in (
                 "",
                 "null",
@@ -208,6 +223,10 @@ class PPOConfig(TrainingArguments):
             raise ConfigError("Set exactly one of reward_model_path and reward_fn (set the other to null).")
         if self.reward_fn is not None and ":" not in self.reward_fn:
             raise ConfigError(f"reward_fn must look like 'package.module:function', got {self.reward_fn!r}.")
+        if self.eval_every and self.eval_reward_fn is None:
+            raise ConfigError(
+                "eval_every needs eval_reward_fn (a 'module:function' labeler), or set it to 0."
+            )
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled rollouts.")
         from pipeline.sampling import check_untruncated

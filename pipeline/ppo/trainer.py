@@ -23,7 +23,8 @@ from trl.trainer.utils import entropy_from_logits
 
 from pipeline import outputs, tracking
 from pipeline.config import NonFiniteError, UserError
-from pipeline.models import load_tokenizer
+from pipeline.health import CollapseWatch
+from pipeline.models import load_callable, load_tokenizer
 from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, load_policy
@@ -93,7 +94,12 @@ class PPOTrainer:
             )
         self.tokenizer = load_tokenizer(args.sft_model_path, trust_remote_code=args.trust_remote_code)
         self.prompts = load_prompts(args.prompts_path, args.prompt_field)
-        self.eval_prompts = load_prompts(args.eval_prompts_path, args.prompt_field)[: args.num_samples]
+        held_out = load_prompts(args.eval_prompts_path, args.prompt_field)
+        self.eval_prompts = held_out[: args.num_samples]
+        self.gold_prompts = held_out[: args.eval_num_prompts]
+        # Sample tables and gold evaluations answer the held-out prompts: without them, neither runs.
+        gold = args.eval_every and held_out
+        self.gold_fn = load_callable(args.eval_reward_fn, "eval_reward_fn") if gold else None
 
         # Batch sizes, exactly as in old TRL.
         self.local_batch_size = (
@@ -138,6 +144,7 @@ class PPOTrainer:
             ignored = set_aside(acc.unwrap_model(self.model), self.gen_config)
             print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
         self.step, self.episode = 0, 0
+        self.collapse_watch = CollapseWatch()
         if acc.is_main_process:
             outputs.start_run(self.identity, self.output_dir, self.resume)
         acc.wait_for_everyone()
@@ -337,9 +344,19 @@ class PPOTrainer:
             self.step += 1
             self.episode += self.batch_size
             metrics = self._metrics(batch, stats, start_time, start_episode)
+            if self.gold_fn and (
+                self.step == 1 or self.step % args.eval_every == 0 or self.step == self.num_steps
+            ):
+                metrics.update(self.gold_eval())
             self.scheduler.step()
             self.kl_ctl.update(metrics["objective/kl"], self.batch_size)
             self._log(metrics)
+            if args.max_kl is not None and metrics["objective/kl"] > args.max_kl:  # the same on every rank
+                if acc.is_main_process:
+                    print(f"Stopping at step {self.step} of {self.num_steps}: KL from the SFT policy "
+                          f"{metrics['objective/kl']:.2f} > max_kl {args.max_kl:g}; saving this step's policy.",
+                          flush=True)  # fmt: skip
+                break
             if args.sample_every and (self.step % args.sample_every == 0 or self.step == self.num_steps):
                 self.sample_table()
             if save_every and self.step % save_every == 0:
@@ -363,6 +380,8 @@ class PPOTrainer:
             return
         with open(self.work_dir / LOG_FILES[0], "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        for warning in self.collapse_watch.update(metrics):
+            print(warning, flush=True)
         if self.args.logging_steps and (
             self.step % max(1, int(self.args.logging_steps)) == 0 or self.step == 1
         ):
@@ -374,6 +393,51 @@ class PPOTrainer:
                 flush=True,
             )
 
+    def _sample_held_out(self, queries: dict) -> torch.Tensor:
+        """Sample on a forked RNG with a fixed seed: every table (and gold evaluation) draws the same way, so they
+        differ only by what the policy learnt, and training's own random stream is the same with them or without.
+        All ranks call it: generation may be collective under ZeRO-3."""
+        acc = self.accelerator
+        on_cpu = acc.device.type == "cpu"
+        with torch.random.fork_rng(
+            devices=[] if on_cpu else [acc.device], device_type=None if on_cpu else acc.device.type
+        ):
+            torch.manual_seed(self.args.seed)
+            with unwrap_model_for_generation(self.model, acc) as unwrapped:
+                return generate(unwrapped, queries, self.gen_config, self.args.local_rollout_forward_batch_size,
+                                self.synced_gpus)  # fmt: skip
+
+    @torch.no_grad()
+    def gold_eval(self) -> dict[str, float]:
+        """One point of the over-optimisation curve (Gao et al., 2022): held-out answers scored by the reward model
+        and by the gold labeler (`eval_reward_fn`), with their KL from the SFT policy (k1, summed per answer).
+        Every rank evaluates the same prompts, so there is nothing to gather."""
+        args, tok = self.args, self.tokenizer
+        queries = tokenize_prompts(tok, self.gold_prompts, args.max_prompt_length, self.accelerator.device)
+        responses = self._sample_held_out(queries)
+        mask = core.first_eos_mask(responses, tok.eos_token_id)
+        input_ids = torch.cat([queries["input_ids"], responses], 1)
+        attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
+        model, R, chunk = (
+            self.accelerator.unwrap_model(self.model),
+            responses.shape[1],
+            args.local_rollout_forward_batch_size,
+        )
+        kl = []
+        for i in range(0, len(self.gold_prompts), chunk):
+            sl = slice(i, i + chunk)
+            logits, _ = model(input_ids[sl], attention_mask[sl], R, with_values=False)
+            log_ratio = self._logprobs(logits, responses[sl]) - self._ref_logprobs(
+                input_ids[sl], attention_mask[sl], responses[sl]
+            )
+            kl.append((log_ratio * mask[sl]).sum(1))
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        ended = (responses == tok.eos_token_id).any(1).tolist()
+        scores = self.scorer(self.gold_prompts, texts, ended)
+        gold = [float(x) for x in self.gold_fn(self.gold_prompts, texts)]
+        return {"eval/reward_model_score": scores.mean().item(), "eval/labeler_score": sum(gold) / len(gold),
+                "eval/kl": torch.cat(kl).mean().item()}  # fmt: skip
+
     @torch.no_grad()
     def sample_table(self) -> None:
         """Sample the held-out prompts (all ranks: generation may be collective under ZeRO-3), print on rank 0."""
@@ -381,21 +445,7 @@ class PPOTrainer:
             return
         tok, acc = self.tokenizer, self.accelerator
         queries = tokenize_prompts(tok, self.eval_prompts, self.args.max_prompt_length, acc.device)
-        # Sample on a forked RNG with a fixed seed: every table draws the same way, so tables differ only by what
-        # the policy learnt, and training's own random stream is the same whether tables are on or off.
-        on_cpu = acc.device.type == "cpu"
-        with torch.random.fork_rng(
-            devices=[] if on_cpu else [acc.device], device_type=None if on_cpu else acc.device.type
-        ):
-            torch.manual_seed(self.args.seed)
-            with unwrap_model_for_generation(self.model, acc) as unwrapped:
-                responses = generate(
-                    unwrapped,
-                    queries,
-                    self.gen_config,
-                    self.args.local_rollout_forward_batch_size,
-                    self.synced_gpus,
-                )
+        responses = self._sample_held_out(queries)
         ended = (responses == tok.eos_token_id).any(1)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
         scores = self.scorer(self.eval_prompts, texts, ended.tolist()).tolist()

@@ -1,0 +1,111 @@
+"""Signs that RL went wrong, stated with their numbers: in PPO's log while it trains, in the evaluation report after.
+
+A policy can raise its reward-model score while getting worse (Gao et al., 2022): it finds what the reward model
+overpays, drifts far from the SFT policy, or collapses onto a few short answers. None of that shows in the reward
+curve, so these checks look elsewhere:
+
+- over-optimisation: the policy's mean reward-model score lies above the 95th percentile of the scores of the
+  held-out *chosen* responses, the best answers the reward model was trained on: it is paid outside that range;
+- drift: KL(policy || SFT) per answer above a stated bound (`max_kl`);
+- collapse: per-token entropy or response length below half the SFT policy's, or most answers identical.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+COLLAPSE_RATIO = 0.5  # entropy or length below this fraction of the reference's is a collapse
+IDENTICAL_SHARE = 0.5  # more than this share of answers being one and the same answer is a collapse
+OVER_OPTIMISATION_QUANTILE = 0.95
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default), without numpy."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def entropy_per_token(records: list[dict], name: str) -> float | None:
+    """-mean log-prob per token of a policy's own samples: a Monte-Carlo estimate of its per-token entropy."""
+    tokens = sum(r[f"{name}_length"] for r in records)
+    if not tokens or any(r.get(f"{name}_logprob") is None for r in records):
+        return None
+    return -sum(r[f"{name}_logprob"] for r in records) / tokens
+
+
+def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float, name: str = "ppo") -> dict:
+    """The figures of every check for policy `name` against the SFT policy, and a warning for each that fails."""
+    mean = statistics.fmean
+    score = mean(r[f"{name}_reward_model_score"] for r in records)
+    ceiling = quantile(chosen_scores, OVER_OPTIMISATION_QUANTILE) if chosen_scores else None
+    kl = mean(r[f"{name}_log_ratio"] for r in records) if f"{name}_log_ratio" in records[0] else None
+    entropy, sft_entropy = entropy_per_token(records, name), entropy_per_token(records, "sft")
+    length, sft_length = mean(r[f"{name}_length"] for r in records), mean(r["sft_length"] for r in records)
+    answer, count = Counter(r[f"{name}_response"] for r in records).most_common(1)[0]
+    identical = count / len(records)
+    checks = {
+        "reward_model_score": score,
+        "chosen_reward_model_score_p95": ceiling,
+        "kl_from_sft": kl,
+        "max_kl": max_kl,
+        "entropy_per_token": entropy,
+        "sft_entropy_per_token": sft_entropy,
+        "response_length_mean": length,
+        "sft_response_length_mean": sft_length,
+        "most_common_answer_share": identical,
+    }
+    warnings = []
+    if ceiling is not None and score > ceiling:
+        warnings.append(
+            f"over-optimisation: the mean reward-model score {score:.3f} is above the 95th percentile "
+            f"({ceiling:.3f}) of the held-out chosen responses' scores; the reward model is paid outside the range "
+            "it was trained on. Read the samples; raise kl_coef or use adaptive KL."
+        )
+    if kl is not None and max_kl and kl > max_kl:
+        warnings.append(
+            f"drift: KL from the SFT policy is {kl:.2f} nats per answer, above the bound of {max_kl:g}; raise "
+            "kl_coef, use adaptive KL, or stop PPO earlier (max_kl)."
+        )
+    if entropy is not None and sft_entropy and entropy < COLLAPSE_RATIO * sft_entropy:
+        warnings.append(
+            f"collapse: per-token entropy {entropy:.3f} is below half the SFT policy's ({sft_entropy:.3f})."
+        )
+    if length < COLLAPSE_RATIO * sft_length:
+        warnings.append(
+            f"collapse: answers average {length:.1f} tokens, below half the SFT policy's ({sft_length:.1f})."
+        )
+    if identical > IDENTICAL_SHARE:
+        shown = " ".join(answer.split())[:60]
+        warnings.append(f"collapse: {identical:.0%} of the answers are one and the same answer ({shown!r}).")
+    return {**checks, "warnings": warnings}
+
+
+class CollapseWatch:
+    """PPO's in-training check: warn (once per kind) when entropy or response length fall below half their value
+    at the first step."""
+
+    KEYS = {"policy/entropy_avg": "policy entropy", "response_length": "response length"}
+
+    def __init__(self):
+        self.first: dict[str, float] = {}
+        self.warned: set[str] = set()
+
+    def update(self, metrics: dict) -> list[str]:
+        messages = []
+        for key, what in self.KEYS.items():
+            value = metrics.get(key)
+            if value is None:
+                continue
+            first = self.first.setdefault(key, value)
+            if key not in self.warned and first > 0 and value < COLLAPSE_RATIO * first:
+                self.warned.add(key)
+                messages.append(
+                    f"Warning: {what} fell from {first:.3f} at the first step to {value:.3f} at step "
+                    f"{metrics.get('step')}: the policy may be collapsing onto a few answers. Read the samples "
+                    "(sample_every); raise kl_coef or lower learning_rate."
+                )
+        return messages
