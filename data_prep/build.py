@@ -10,11 +10,9 @@ from data_prep.builtin import generate_builtin, save_datasets
 from data_prep.config import DataConfig
 from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
 from data_prep.write import write_atomically, write_json
+from pipeline.health import few_prompts_warning
 
 INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
-# Fewer evaluation prompts than this make the SFT-vs-PPO comparison noise (a labeler score's standard error is
-# ~1/sqrt(n) of its spread); data_info.json holds the count as `eval_prompt_count`, and the warning.
-MIN_EVAL_PROMPTS = 50
 
 
 def build(config: DataConfig) -> dict:
@@ -28,11 +26,8 @@ def build(config: DataConfig) -> dict:
         datasets, info, reports = convert_recipe_data(config)
 
     info["eval_prompt_count"] = n_eval = len(datasets["eval_prompts"])
-    if n_eval < MIN_EVAL_PROMPTS:
-        info.setdefault("warnings", []).append(
-            f"only {n_eval} evaluation prompts (fewer than {MIN_EVAL_PROMPTS}): SFT-vs-PPO figures will be noisy; "
-            "name more held-out prompts in eval_prompts_data, or hold out more prompts (test_fraction)"
-        )
+    if warning := few_prompts_warning(n_eval):  # data_info.json holds the count and the warning
+        info.setdefault("warnings", []).append(warning)
 
     def fill(tmp: Path) -> None:
         info["sizes"] = save_datasets(datasets, tmp)

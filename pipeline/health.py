@@ -18,6 +18,9 @@ from collections import Counter
 COLLAPSE_RATIO = 0.5  # entropy or length below this fraction of the reference's is a collapse
 IDENTICAL_SHARE = 0.5  # more than this share of answers being one and the same answer is a collapse
 OVER_OPTIMISATION_QUANTILE = 0.95
+# Fewer held-out prompts than this make the SFT-vs-PPO comparison noise (a mean's standard error is ~1/sqrt(n) of
+# its spread): `data_prep build` and the evaluation report both say so.
+MIN_EVAL_PROMPTS = 50
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -82,6 +85,15 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
         shown = " ".join(answer.split())[:60]
         warnings.append(f"collapse: {identical:.0%} of the answers are one and the same answer ({shown!r}).")
     return {**checks, "warnings": warnings}
+
+
+def few_prompts_warning(n: int) -> str | None:
+    if n >= MIN_EVAL_PROMPTS:
+        return None
+    return (
+        f"only {n} evaluation prompts (fewer than {MIN_EVAL_PROMPTS}): SFT-vs-PPO figures will be noisy; name more "
+        "held-out prompts in data.yaml's eval_prompts_data, or hold out more prompts (test_fraction)"
+    )
 
 
 class CollapseWatch:

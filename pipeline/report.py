@@ -206,10 +206,14 @@ def sample_table(records: list[dict], n: int) -> list[str]:
 
 
 def warning_box(result: dict) -> list[str]:
-    """A blockquote at the top of the report, one line per failed check of `pipeline.health`, with its numbers."""
+    """A blockquote at the top of the report, one line per failed check of `pipeline.health`, with its numbers
+    (plus the evaluation's own: too few prompts to tell the policies apart)."""
     if not result.get("warnings"):
         return []
-    box = ["> **Warning: this policy may be worse than its reward-model score says.**", ">"]
+    policy = any(w.startswith("PPO ") for w in result["warnings"])
+    policy_title = "this policy may be worse than its reward-model score says"
+    title = policy_title if policy else "read this before the figures"
+    box = [f"> **Warning: {title}.**", ">"]
     box += [f"> - {w}" for w in result["warnings"]]
     return [*box, ""]
 

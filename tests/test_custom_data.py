@@ -15,12 +15,13 @@ import yaml
 from datasets import load_from_disk
 
 from data_prep.__main__ import main
-from data_prep.build import MIN_EVAL_PROMPTS, describe
+from data_prep.build import describe
 from data_prep.examples import units
 from data_prep.pairs import pairs_from_scores
 from data_prep.sources import pretrain_texts
 from data_prep.validate import MissingColumnsError
 from pipeline.config import ConfigError
+from pipeline.health import MIN_EVAL_PROMPTS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "custom-example"

@@ -24,7 +24,8 @@ def records_of(sft_answers, ppo_answers, ppo_scores, ppo_log_ratio, ppo_logprob_
     return records
 
 
-SFT_ANSWERS = [f"Sure, here is a careful answer about topic {i} with some detail." for i in range(40)]
+N = 60  # held-out prompts: at least MIN_EVAL_PROMPTS, so that only the policy checks speak
+SFT_ANSWERS = [f"Sure, here is a careful answer about topic {i} with some detail." for i in range(N)]
 _rng = random.Random(1)
 CHOSEN_SCORES = [_rng.gauss(1.0, 1.0) for _ in range(200)]  # p95 about 2.6
 
@@ -33,7 +34,7 @@ def test_the_seed_2_collapse_raises_every_warning():
     """What `make all` with seed 2 produced: "Happy" to every prompt, RM score 4.2, KL 14.7, entropy 0.2."""
     from pipeline.health import policy_checks
 
-    records = records_of(SFT_ANSWERS, ["Happy"] * 40, [4.156] * 40, 14.7, -0.22)
+    records = records_of(SFT_ANSWERS, ["Happy"] * N, [4.156] * N, 14.7, -0.22)
     checks = policy_checks(records, CHOSEN_SCORES, max_kl=10.0)
     kinds = [w.split(":")[0] for w in checks["warnings"]]
     assert kinds == ["over-optimisation", "drift", "collapse", "collapse", "collapse"], checks["warnings"]
@@ -45,11 +46,11 @@ def test_the_seed_2_collapse_raises_every_warning():
 def test_a_healthy_policy_raises_none():
     from pipeline.health import policy_checks
 
-    answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(40)]
+    answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(N)]
     rng = random.Random(2)
-    scores = [rng.gauss(1.2, 0.8) for _ in range(40)]
+    scores = [rng.gauss(1.2, 0.8) for _ in range(N)]
     checks = policy_checks(records_of(SFT_ANSWERS, answers, scores, 4.0, -1.0), CHOSEN_SCORES, max_kl=10.0)
-    assert checks["warnings"] == [] and checks["most_common_answer_share"] == 1 / 40
+    assert checks["warnings"] == [] and checks["most_common_answer_share"] == 1 / N
 
 
 def test_quantile_matches_numpy():
@@ -72,13 +73,17 @@ def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
         result = summarize(records, [0.5, -0.1, 0.3], args, 1, chosen=CHOSEN_SCORES)
         return write_report(tmp_path, result, records, tmp_path / "none.jsonl").read_text()
 
-    bad = report(records_of(SFT_ANSWERS, ["Happy"] * 40, [4.156] * 40, 14.7, -0.22))
+    bad = report(records_of(SFT_ANSWERS, ["Happy"] * N, [4.156] * N, 14.7, -0.22))
     assert "> **Warning: this policy may be worse than its reward-model score says.**" in bad
     assert "> - PPO over-optimisation: the mean reward-model score 4.156" in bad
     assert "**Gain over SFT**: reward model" in bad and "labeler +0.000" in bad
-    answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(40)]
-    good = report(records_of(SFT_ANSWERS, answers, [1.0] * 40, 4.0, -1.0))
+    answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(N)]
+    good = report(records_of(SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0))
     assert "Warning" not in good
+    # a healthy policy on 8 prompts: the evaluation's own warning, under its own title
+    few = report(records_of(SFT_ANSWERS[:8], answers[:8], [1.0] * 8, 4.0, -1.0))
+    assert "> **Warning: read this before the figures.**" in few
+    assert "> - evaluation: only 8 evaluation prompts (fewer than 50)" in few
 
 
 def test_collapse_watch_warns_once_when_entropy_halves():
