@@ -87,6 +87,18 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
     return {**checks, "warnings": warnings}
 
 
+def exploitation_warning(result: dict) -> str | None:
+    """The plainest sign, where a labeler exists: the reward model says PPO got better, the labeler says worse."""
+    rm_gain = result["ppo_reward_model_score"] - result["sft_reward_model_score"]
+    labeler_gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
+    if rm_gain <= 0 or labeler_gain >= 0:
+        return None
+    return (
+        f"exploitation: the reward-model score rose by {rm_gain:+.3f} over SFT while the labeler's fell by "
+        f"{labeler_gain:+.3f}; the reward model pays for something the labeler does not want. Read the samples."
+    )
+
+
 def few_prompts_warning(n: int) -> str | None:
     if n >= MIN_EVAL_PROMPTS:
         return None

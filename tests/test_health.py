@@ -80,6 +80,15 @@ def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
     answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(N)]
     good = report(records_of(SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0))
     assert "Warning" not in good
+    worse = records_of(
+        SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0
+    )  # healthy-looking, but the labeler says worse
+    for r in worse:
+        r["ppo_labeler_score"] = -1.0
+    exploited = report(worse)
+    assert (
+        "> - PPO exploitation: the reward-model score rose by" in exploited and "fell by -1.000" in exploited
+    )
     # a healthy policy on 8 prompts: the evaluation's own warning, under its own title
     few = report(records_of(SFT_ANSWERS[:8], answers[:8], [1.0] * 8, 4.0, -1.0))
     assert "> **Warning: read this before the figures.**" in few
