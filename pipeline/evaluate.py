@@ -22,7 +22,7 @@ from trl import ModelConfig
 
 from pipeline import tracking
 from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.health import exploitation_warning, few_prompts_warning, policy_checks
+from pipeline.health import few_prompts_warning, policy_checks
 from pipeline.models import check_model_dir, is_quantized, load_callable, load_causal_lm, load_tokenizer
 from pipeline.sampling import (
     generate,
@@ -327,8 +327,6 @@ def summarize(
     result["reward_model_margin_mean"] = statistics.fmean(margins)
     result["health"] = {"ppo": policy_checks(records, chosen, args.max_kl)}
     result["warnings"] = [f"PPO {w}" for w in result["health"]["ppo"]["warnings"]]
-    if args.labeler and (exploit := exploitation_warning(result)):
-        result["warnings"].append(f"PPO {exploit}")
     if few := few_prompts_warning(len(records)):
         result["warnings"].append(f"evaluation: {few}")
     result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}

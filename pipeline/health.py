@@ -7,7 +7,8 @@ curve, so these checks look elsewhere:
 - over-optimisation: the policy's mean reward-model score lies above the 95th percentile of the scores of the
   held-out *chosen* responses, the best answers the reward model was trained on: it is paid outside that range;
 - drift: KL(policy || SFT) per answer above a stated bound (`max_kl`);
-- collapse: per-token entropy or response length below half the SFT policy's, or most answers identical.
+- collapse: per-token entropy or response length below half the SFT policy's, or most answers identical;
+- exploitation (with a labeler): the reward-model score rose over the SFT policy's while the labeler's fell.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
         "most_common_answer_share": identical,
     }
     warnings = []
+    labeled = [r for r in records if r.get(f"{name}_labeler_score") is not None]
+    if labeled:  # the plainest sign: the reward model says the policy got better, the labeler says worse
+        rm_gain = score - mean(r["sft_reward_model_score"] for r in records)
+        labeler_gain = mean(r[f"{name}_labeler_score"] - r["sft_labeler_score"] for r in labeled)
+        if rm_gain > 0 and labeler_gain < 0:
+            warnings.append(
+                f"exploitation: the reward-model score rose by {rm_gain:+.3f} over SFT while the labeler's fell by "
+                f"{labeler_gain:+.3f}; the reward model pays for something the labeler does not want. Read the "
+                "samples."
+            )
     if ceiling is not None and score > ceiling:
         warnings.append(
             f"over-optimisation: the mean reward-model score {score:.3f} is above the 95th percentile "
@@ -85,18 +96,6 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
         shown = " ".join(answer.split())[:60]
         warnings.append(f"collapse: {identical:.0%} of the answers are one and the same answer ({shown!r}).")
     return {**checks, "warnings": warnings}
-
-
-def exploitation_warning(result: dict) -> str | None:
-    """The plainest sign, where a labeler exists: the reward model says PPO got better, the labeler says worse."""
-    rm_gain = result["ppo_reward_model_score"] - result["sft_reward_model_score"]
-    labeler_gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
-    if rm_gain <= 0 or labeler_gain >= 0:
-        return None
-    return (
-        f"exploitation: the reward-model score rose by {rm_gain:+.3f} over SFT while the labeler's fell by "
-        f"{labeler_gain:+.3f}; the reward model pays for something the labeler does not want. Read the samples."
-    )
 
 
 def few_prompts_warning(n: int) -> str | None:

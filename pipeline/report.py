@@ -210,7 +210,7 @@ def warning_box(result: dict) -> list[str]:
     (plus the evaluation's own: too few prompts to tell the policies apart)."""
     if not result.get("warnings"):
         return []
-    policy = any(w.startswith("PPO ") for w in result["warnings"])
+    policy = any(checks["warnings"] for checks in result.get("health", {}).values())
     policy_title = "this policy may be worse than its reward-model score says"
     title = policy_title if policy else "read this before the figures"
     box = [f"> **Warning: {title}.**", ">"]

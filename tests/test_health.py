@@ -80,12 +80,10 @@ def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
     answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(N)]
     good = report(records_of(SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0))
     assert "Warning" not in good
-    worse = records_of(
-        SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0
-    )  # healthy-looking, but the labeler says worse
-    for r in worse:
-        r["ppo_labeler_score"] = -1.0
+    # healthy-looking, but the labeler says worse than SFT
+    worse = [{**r, "ppo_labeler_score": -1.0} for r in records_of(SFT_ANSWERS, answers, [1.0] * N, 4.0, -1.0)]
     exploited = report(worse)
+    assert "> **Warning: this policy may be worse than its reward-model score says.**" in exploited
     assert (
         "> - PPO exploitation: the reward-model score rose by" in exploited and "fell by -1.000" in exploited
     )
