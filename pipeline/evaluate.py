@@ -42,6 +42,11 @@ class EvalArguments:
     sft_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/sft"})
     ppo_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/ppo"})
     reward_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/reward"})
+    reward_fn: str | None = field(
+        default=None,
+        metadata={"help": "score with a Python function 'module:function' f(prompts, responses) -> scores instead "
+                  "of a reward model (as PPO's reward_fn): the reward-model figures are then the function's"},
+    )  # fmt: skip
     eval_prompts_path: str | None = field(
         default=None, metadata={"help": "default: <run_dir>/data/eval_prompts"}
     )
@@ -91,7 +96,8 @@ class EvalArguments:
         run = Path(self.run_dir)
         self.sft_model_path = self.sft_model_path or str(run / "sft")
         self.ppo_model_path = self.ppo_model_path or str(run / "ppo")
-        self.reward_model_path = self.reward_model_path or str(run / "reward")
+        if not self.reward_fn:
+            self.reward_model_path = self.reward_model_path or str(run / "reward")
         self.eval_prompts_path = self.eval_prompts_path or str(run / "data" / "eval_prompts")
         self.preference_path = self.preference_path or str(run / "data" / "preference")
         if self.temperature <= 0:
@@ -118,6 +124,8 @@ def check_inputs(args: EvalArguments) -> None:
         ("reward_model_path", "reward model", "reward"),
         ("ppo_model_path", "PPO policy", "ppo"),
     ]
+    if args.reward_fn:  # scored by a function: no reward model to look for
+        needed = [entry for entry in needed if entry[0] != "reward_model_path"]
     for name, what, stage in needed:
         path = Path(getattr(args, name))
         is_model = name.endswith("model_path")
@@ -332,6 +340,7 @@ def summarize(
     result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}
     result["settings"] = {
         "reward_model_path": args.reward_model_path,
+        "reward_fn": args.reward_fn,
         "eval_prompts_path": args.eval_prompts_path,
         "preference_path": f"{args.preference_path}[{args.preference_split}]",
         "labeler": args.labeler,
@@ -368,12 +377,14 @@ def main(args=None):
     seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
     with state.split_between_processes(prompts, apply_padding=True) as shard:
         records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed)
-    log(
-        f"scoring answers with the reward model {eval_args.reward_model_path}"
-        + (" and the labeler" if labeler else "")
+    scorer = (
+        f"the function {eval_args.reward_fn}"
+        if eval_args.reward_fn
+        else f"the reward model {eval_args.reward_model_path}"
     )
-    reward_model = RewardScorer(eval_args.reward_model_path, None, model_args, state.device, eval_args.batch_size,
-                                eval_args.trust_remote_code)  # fmt: skip
+    log(f"scoring answers with {scorer}" + (" and the labeler" if labeler else ""))
+    reward_model = RewardScorer(None if eval_args.reward_fn else eval_args.reward_model_path, eval_args.reward_fn,
+                                model_args, state.device, eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
     score_records(records, reward_model, labeler)
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
     chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
+import pytest
 import torch
+
+from tests.conftest import TEST_SEED
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "ppo.yaml"
 
 
 def records_of(sft_answers, ppo_answers, ppo_scores, ppo_log_ratio, ppo_logprob_per_token):
@@ -139,3 +145,41 @@ def test_gold_evaluations_leave_training_unchanged(tiny_sft, tiny_data, tmp_path
     for name in ("adapter_model.safetensors", "value_head.safetensors"):
         a, b = load_file(plain / name), load_file(gold / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def pays_for_rudeness(prompts, responses):
+    """A broken reward: one point per rude word, which the built-in task's labeler punishes."""
+    from data_prep.task import RUDE_WORDS
+
+    return [float(sum(w.strip(".,!?").lower() in RUDE_WORDS for w in r.split())) for r in responses]
+
+
+@pytest.mark.slow
+def test_a_policy_that_games_its_reward_gets_the_warning_box(tiny_sft, tiny_data, tmp_path):
+    """PPO trained for real on a reward that pays for rudeness: its reward rises, the labeler's score falls, and
+    evaluation (scoring with the same function) opens the report with the warning box. The healthy counterpart is
+    test_end_to_end, whose default run must raise no PPO warning."""
+    from pipeline.evaluate import main as evaluate
+    from pipeline.ppo import main as ppo
+
+    out = tmp_path / "ppo"
+    ppo(["--config", str(RECIPE), "--sft_model_path", str(tiny_sft), "--reward_model_path", "null",
+         "--reward_fn", f"{__name__}:pays_for_rudeness", "--prompts_path", str(tiny_data / "prompts"),
+         "--eval_prompts_path", "null", "--eval_reward_fn", "null", "--output_dir", str(out),
+         "--total_episodes", "320", "--adaptive_kl", "false", "--kl_coef", "0.0", "--learning_rate", "2e-3",
+         "--save_steps", "0", "--sample_every", "0", "--disable_tqdm", "true", "--seed", str(TEST_SEED)])  # fmt: skip
+    result = evaluate([
+        "--config", str(RECIPE.parent / "eval.yaml"), "--run_dir", str(tmp_path), "--sft_model_path", str(tiny_sft),
+        "--ppo_model_path", str(out), "--reward_model_path", "null", "--reward_fn", f"{__name__}:pays_for_rudeness",
+        "--eval_prompts_path", str(tiny_data / "eval_prompts"), "--preference_path", str(tiny_data / "preference"),
+        "--num_prompts", "64",
+    ])  # fmt: skip
+
+    assert result["ppo_reward_model_score"] > result["sft_reward_model_score"] + 0.5, result
+    assert result["ppo_labeler_score"] < result["sft_labeler_score"], result
+    exploitation = [w for w in result["warnings"] if w.startswith("PPO exploitation")]
+    assert exploitation and "while the labeler's fell" in exploitation[0], result["warnings"]
+    report = (tmp_path / "report.md").read_text()
+    box = report[: report.index("\n## ")]  # the warning box comes before the first section
+    assert "> **Warning: this policy may be worse than its reward-model score says.**" in box
+    assert "> - PPO exploitation: the reward-model score rose by" in box

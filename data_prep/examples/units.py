@@ -113,10 +113,13 @@ def generate_answer(rng: random.Random, question: str, attributes: dict[str, str
     factor = FACTORS[frm, to]
     if attrs["answer"] == "none":
         sentences = [rng.choice(NO_ANSWERS).format(to=to)]
-    else:  # a wrong answer is off by a power of ten, the mistake people make
-        r = n * (
-            factor if attrs["answer"] == "right" else rng.choice([f for f in (10, 100, 1000) if f != factor])
-        )
+    else:
+        if attrs["answer"] == "right":
+            r = n * factor
+        elif rng.random() < 0.5:  # a wrong answer is off by a power of ten, the mistake people make ...
+            r = n * rng.choice([f for f in (10, 100, 1000) if f != factor])
+        else:  # ... or miscopies the quantity: without these, a reward model learns to count zeros only
+            r = rng.choice([m for m in QUANTITIES if m != n]) * factor
         sentences = [rng.choice(ANSWERS).format(n=n, frm=frm, to=to, r=r)]
     if attrs["ending"] == "rambling":  # filler and the answer said twice
         sentences += rng.sample(FILLERS, 2) + [sentences[0]]
