@@ -566,7 +566,7 @@ class PPOTrainer:
         self.tokenizer.save_pretrained(merged_dir)
 
 
-LOG_FILES = ("metrics.jsonl", "samples.jsonl")
+LOG_FILES = ("metrics.jsonl", "samples.jsonl")  # in the work folder while running, published with the policy
 LOG_LINE_PHASES = (("generate", "gen"), ("forward", "fwd"), ("reference", "ref"), ("reward", "rew"),
                    ("update", "upd"), ("other", "other"))  # fmt: skip
 
@@ -576,7 +576,7 @@ def timing_summary(metrics: dict) -> str:
     if "time/step" not in metrics:
         return ""
     parts = " ".join(f"{short} {metrics[f'time/{name}']:.1f}s" for name, short in LOG_LINE_PHASES)
-    return f" | time {parts} step {metrics['time/step']:.1f}s"  # in the work folder while running, published with the policy
+    return f" | time {parts} step {metrics['time/step']:.1f}s"
 
 
 def truncate_logs(work_dir: Path, step: int) -> None:
