@@ -1,6 +1,7 @@
 """The evaluation report: `report.md` with PNG plots a person would rather look at than read.
 
     plots/ppo_training.png          PPO curves over steps (reward, KL, value loss, response length)
+    plots/ppo_timing.png            seconds per PPO step by phase (generate, forward, ...), when PPO timed them
     plots/reward_distributions.png  histograms of SFT vs PPO scores (reward model; labeler on the built-in task)
 
 Matplotlib runs on the Agg backend: no display needed.
@@ -93,6 +94,57 @@ def plot_training(metrics: list[dict], path: Path) -> bool:
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
+
+
+def timing_phases(metrics: list[dict]) -> list[str]:
+    """The phases PPO timed (`time/<phase>` keys, in logged order, without time/step and the token rates)."""
+    phases: dict[str, None] = {}
+    for row in metrics:
+        for key in row:
+            if key.startswith("time/") and key != "time/step" and not key.endswith("_per_s"):
+                phases.setdefault(key.removeprefix("time/"))
+    return list(phases)
+
+
+def plot_timing(metrics: list[dict], path: Path) -> bool:
+    """Stacked bars of each step's seconds by phase; False (nothing drawn) when PPO ran with log_timing off."""
+    rows = [row for row in metrics if row.get("time/step") is not None]
+    phases = timing_phases(rows)
+    if not rows or not phases:
+        return False
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+    steps = [row.get("step", i + 1) for i, row in enumerate(rows)]
+    bottom = [0.0] * len(rows)
+    colors = plt.get_cmap("tab10").colors
+    for i, phase in enumerate(phases):
+        seconds = [row.get(f"time/{phase}", 0.0) for row in rows]
+        ax.bar(steps, seconds, bottom=bottom, width=0.9, color=colors[i % len(colors)], label=phase)
+        bottom = [b + s for b, s in zip(bottom, seconds)]
+    ax.set_xlabel("PPO step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("seconds")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)
+    fig.suptitle("Seconds per PPO step by phase")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def timing_summary(metrics: list[dict]) -> str | None:
+    """One line: the mean seconds per step of each phase and its share of the phases' total; None untimed."""
+    rows = [row for row in metrics if row.get("time/step") is not None]
+    phases = timing_phases(rows)
+    if not rows or not phases:
+        return None
+    means = {phase: sum(row.get(f"time/{phase}", 0.0) for row in rows) / len(rows) for phase in phases}
+    total = sum(means.values()) or 1.0
+    parts = ", ".join(f"{phase} {mean:.2f} s ({mean / total:.0%})" for phase, mean in means.items())
+    step = sum(row["time/step"] for row in rows) / len(rows)
+    return f"Mean seconds per PPO step by phase (share of the total): {parts}; {step:.2f} s per step."
 
 
 def plot_gold_curve(metrics: list[dict], path: Path) -> int:
@@ -231,6 +283,7 @@ def write_report(
     plots.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(metrics_path)
     has_curves = plot_training(metrics, plots / "ppo_training.png") if metrics else False
+    has_timing = plot_timing(metrics, plots / "ppo_timing.png")
     gold_points = plot_gold_curve(metrics, plots / "gold_curve.png")
     plot_distributions(records, plots / "reward_distributions.png")
     policies = result["policies"]
@@ -281,6 +334,8 @@ def write_report(
         ]
     else:
         lines.append(f"No training metrics found at `{metrics_path}`.")
+    if has_timing:
+        lines += ["", timing_summary(metrics), "", "![PPO time per step](plots/ppo_timing.png)"]
     if gold_points:
         lines += [
             "",

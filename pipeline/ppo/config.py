@@ -167,6 +167,12 @@ class PPOConfig(TrainingArguments):
     )  # fmt: skip
     eval_every: int = field(default=0, metadata={"help": "steps between gold evaluations (0: none)"})
     eval_num_prompts: int = field(default=32, metadata={"help": "held-out prompts per gold evaluation"})
+    log_timing: bool = field(
+        default=True,
+        metadata={
+            "help": "per-phase seconds per step in the metrics and log line; off: no timers, no device syncs"
+        },
+    )
     save_merged: bool = field(default=True, metadata={"help": "also write merged/ (a plain merged policy)"})
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "keep <output_dir>.checkpoints after a successful run"}

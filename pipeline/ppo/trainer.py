@@ -28,6 +28,7 @@ from pipeline.models import load_callable, load_tokenizer
 from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, load_policy
+from pipeline.ppo.timing import PHASES, PhaseTimer
 from pipeline.sampling import (
     generate,
     generation_config,
@@ -145,6 +146,7 @@ class PPOTrainer:
             print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
         self.step, self.episode = 0, 0
         self.collapse_watch = CollapseWatch()
+        self.timer = PhaseTimer(acc.device, args.log_timing)
         if acc.is_main_process:
             outputs.start_run(self.identity, self.output_dir, self.resume)
         acc.wait_for_everyone()
@@ -196,43 +198,48 @@ class PPOTrainer:
     # --- one PPO step -------------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        args, acc, tok = self.args, self.accelerator, self.tokenizer
-        queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
-        with unwrap_model_for_generation(self.model, acc) as unwrapped:
-            responses = generate(
-                unwrapped,
-                queries,
-                self.gen_config,
-                args.local_rollout_forward_batch_size,
-                self.synced_gpus,
-            )
-        mask = core.first_eos_mask(responses, tok.eos_token_id)
-        input_ids = torch.cat([queries["input_ids"], responses], 1)
-        attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
+        args, acc, tok, timer = self.args, self.accelerator, self.tokenizer, self.timer
+        with timer.phase("generate"):
+            queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
+            with unwrap_model_for_generation(self.model, acc) as unwrapped:
+                responses = generate(
+                    unwrapped,
+                    queries,
+                    self.gen_config,
+                    args.local_rollout_forward_batch_size,
+                    self.synced_gpus,
+                )
+            mask = core.first_eos_mask(responses, tok.eos_token_id)
+            input_ids = torch.cat([queries["input_ids"], responses], 1)
+            attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
         R, chunk = responses.shape[1], args.local_rollout_forward_batch_size
         logprobs, ref_logprobs, values = [], [], []
         model = acc.unwrap_model(self.model)
         for i in range(0, len(prompts), chunk):
             sl = slice(i, i + chunk)
-            logits, value = model(input_ids[sl], attention_mask[sl], R)
-            logprobs.append(self._logprobs(logits, responses[sl]))
-            values.append(value.float())
-            ref_logprobs.append(self._ref_logprobs(input_ids[sl], attention_mask[sl], responses[sl]))
+            with timer.phase("forward"):
+                logits, value = model(input_ids[sl], attention_mask[sl], R)
+                logprobs.append(self._logprobs(logits, responses[sl]))
+                values.append(value.float())
+            with timer.phase("reference"):
+                ref_logprobs.append(self._ref_logprobs(input_ids[sl], attention_mask[sl], responses[sl]))
         logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
-        ended = (responses == tok.eos_token_id).any(1)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        scores = self.scorer(prompts, texts, ended.tolist())
-        self._check_finite("reward", scores)
-        if args.missing_eos_penalty is not None:
-            scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
+        with timer.phase("reward"):
+            ended = (responses == tok.eos_token_id).any(1)
+            texts = tok.batch_decode(responses, skip_special_tokens=True)
+            scores = self.scorer(prompts, texts, ended.tolist())
+            self._check_finite("reward", scores)
+            if args.missing_eos_penalty is not None:
+                scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
 
-        kl = core.per_token_kl(logprobs, ref_logprobs, args.kl_estimator) * mask
-        rewards, non_score = core.compute_rewards(scores, kl, mask, self.kl_ctl.value)
-        if args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = core.compute_gae(rewards, values, mask, args.gamma, args.lam)
-        advantages = core.masked_whiten(advantages, mask) * mask
+        with timer.phase("other"):
+            kl = core.per_token_kl(logprobs, ref_logprobs, args.kl_estimator) * mask
+            rewards, non_score = core.compute_rewards(scores, kl, mask, self.kl_ctl.value)
+            if args.whiten_rewards:
+                rewards = core.masked_whiten(rewards, mask, shift_mean=False) * mask
+            advantages, returns = core.compute_gae(rewards, values, mask, args.gamma, args.lam)
+            advantages = core.masked_whiten(advantages, mask) * mask
         return dict(
             input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, logprobs=logprobs,
             values=values * mask, advantages=advantages, returns=returns, scores=scores, kl=kl, non_score=non_score,
@@ -317,6 +324,27 @@ class PPOTrainer:
         m["step"] = self.step
         return m
 
+    def _timing_metrics(self, lap: dict, batch: dict) -> dict[str, float]:
+        """time/<phase> and time/step in seconds, tokens per second of generation and of update, and on an
+        accelerator memory/<phase>_peak_gib."""
+        acc = self.accelerator
+        # The slowest rank's seconds per phase (and its peak memory): a step lasts as long as its slowest rank, and a
+        # straggler shows in the phase where it is slow. Each phase's maximum is taken on its own, so under several
+        # processes the phases may add up to a little more than time/step.
+        seconds = [lap["seconds"][name] for name in PHASES] + [lap["step"]]
+        seconds = acc.reduce(torch.tensor(seconds, device=acc.device), "max").tolist()
+        m = {f"time/{name}": value for name, value in zip((*PHASES, "step"), seconds)}
+        # Response tokens up to and including EOS (padding after it is not generated work), summed over processes.
+        generated = acc.reduce(batch["mask"].sum().float().reshape(1), "sum").item()
+        m["time/generated_tokens_per_s"] = generated / max(m["time/generate"], 1e-9)
+        m["time/trained_tokens_per_s"] = generated * self.args.num_ppo_epochs / max(m["time/update"], 1e-9)
+        if lap["peak_bytes"] is not None:
+            names = sorted(lap["peak_bytes"])
+            peaks = torch.tensor([float(lap["peak_bytes"][name]) for name in names], device=acc.device)
+            peaks = acc.reduce(peaks, "max").tolist()  # the same phases ran on every rank
+            m.update({f"memory/{name}_peak_gib": peak / 2**30 for name, peak in zip(names, peaks)})
+        return m
+
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         args, acc = self.args, self.accelerator
@@ -338,34 +366,46 @@ class PPOTrainer:
         save_every = (
             math.ceil(args.save_steps * self.num_steps) if 0 < args.save_steps < 1 else int(args.save_steps)
         )
+        timer = self.timer
+        timer.lap()  # the first step's clock starts here
         while self.step < self.num_steps:
-            batch = self.rollout(self.batch_prompts(self.step))
-            stats = self.update(batch)
-            self.step += 1
-            self.episode += self.batch_size
-            metrics = self._metrics(batch, stats, start_time, start_episode)
-            if self.gold_fn and (
-                self.step == 1 or self.step % args.eval_every == 0 or self.step == self.num_steps
-            ):
-                metrics.update(self.gold_eval())
-            self.scheduler.step()
-            self.kl_ctl.update(metrics["objective/kl"], self.batch_size)
-            self._log(metrics)
-            if args.max_kl is not None and metrics["objective/kl"] > args.max_kl:  # the same on every rank
-                if acc.is_main_process:
-                    print(f"Stopping at step {self.step} of {self.num_steps}: KL from the SFT policy "
-                          f"{metrics['objective/kl']:.2f} > max_kl {args.max_kl:g}; saving this step's policy.",
-                          flush=True)  # fmt: skip
-                break
-            if args.sample_every and (self.step % args.sample_every == 0 or self.step == self.num_steps):
-                self.sample_table()
-            if save_every and self.step % save_every == 0:
-                save_checkpoint(
-                    acc, self.output_dir, self.step,
-                    {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
-                     "tracking": self.tracking.identity},
-                    self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
-                )  # fmt: skip
+            with timer.phase("other"):
+                prompts = self.batch_prompts(self.step)
+            batch = self.rollout(prompts)
+            with timer.phase("update"):
+                stats = self.update(batch)
+            with timer.phase("other"):
+                self.step += 1
+                self.episode += self.batch_size
+                metrics = self._metrics(batch, stats, start_time, start_episode)
+                if self.gold_fn and (
+                    self.step == 1 or self.step % args.eval_every == 0 or self.step == self.num_steps
+                ):
+                    metrics.update(self.gold_eval())
+                self.scheduler.step()
+                self.kl_ctl.update(metrics["objective/kl"], self.batch_size)
+            # The step's clock stops before its metrics are written: logging, sample tables and checkpoints after
+            # this point count in the next step's `other`.
+            lap = timer.lap()
+            with timer.phase("other"):
+                if lap is not None:
+                    metrics.update(self._timing_metrics(lap, batch))
+                self._log(metrics)
+                if args.max_kl is not None and metrics["objective/kl"] > args.max_kl:  # same on every rank
+                    if acc.is_main_process:
+                        print(f"Stopping at step {self.step} of {self.num_steps}: KL from the SFT policy "
+                              f"{metrics['objective/kl']:.2f} > max_kl {args.max_kl:g}; saving this step's policy.",
+                              flush=True)  # fmt: skip
+                    break
+                if args.sample_every and (self.step % args.sample_every == 0 or self.step == self.num_steps):
+                    self.sample_table()
+                if save_every and self.step % save_every == 0:
+                    save_checkpoint(
+                        acc, self.output_dir, self.step,
+                        {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
+                         "tracking": self.tracking.identity},
+                        self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
+                    )  # fmt: skip
         self.save_final()
         self.tracking.finish()
         if not args.keep_checkpoints and acc.is_main_process:
@@ -389,7 +429,8 @@ class PPOTrainer:
                 f"step {self.step}/{self.num_steps} episode {self.episode} score {metrics['objective/scores']:.3f} "
                 f"kl {metrics['objective/kl']:.3f} rlhf_reward {metrics['objective/rlhf_reward']:.3f} "
                 f"entropy {metrics['policy/entropy_avg']:.3f} clipfrac {metrics['policy/clipfrac_avg']:.3f} "
-                f"vloss {metrics['loss/value_avg']:.4f} len {metrics['response_length']:.1f} eps {metrics['eps']:.1f}",
+                f"vloss {metrics['loss/value_avg']:.4f} len {metrics['response_length']:.1f} eps {metrics['eps']:.1f}"
+                + timing_summary(metrics),
                 flush=True,
             )
 
@@ -526,6 +567,16 @@ class PPOTrainer:
 
 
 LOG_FILES = ("metrics.jsonl", "samples.jsonl")  # in the work folder while running, published with the policy
+LOG_LINE_PHASES = (("generate", "gen"), ("forward", "fwd"), ("reference", "ref"), ("reward", "rew"),
+                   ("update", "upd"), ("other", "other"))  # fmt: skip
+
+
+def timing_summary(metrics: dict) -> str:
+    """The log line's timing part, ' | time gen 1.2s fwd 0.3s ...'; empty without time/ metrics."""
+    if "time/step" not in metrics:
+        return ""
+    parts = " ".join(f"{short} {metrics[f'time/{name}']:.1f}s" for name, short in LOG_LINE_PHASES)
+    return f" | time {parts} step {metrics['time/step']:.1f}s"
 
 
 def truncate_logs(work_dir: Path, step: int) -> None:
