@@ -165,7 +165,7 @@ def test_a_policy_that_games_its_reward_gets_the_warning_box(tiny_sft, tiny_data
     out = tmp_path / "ppo"
     ppo(["--config", str(RECIPE), "--sft_model_path", str(tiny_sft), "--reward_model_path", "null",
          "--reward_fn", f"{__name__}:pays_for_rudeness", "--prompts_path", str(tiny_data / "prompts"),
-         "--eval_prompts_path", "null", "--eval_reward_fn", "null", "--output_dir", str(out),
+         "--eval_prompts_path", "null", "--eval_every", "0", "--output_dir", str(out),
          "--total_episodes", "320", "--adaptive_kl", "false", "--kl_coef", "0.0", "--learning_rate", "2e-3",
          "--save_steps", "0", "--sample_every", "0", "--disable_tqdm", "true", "--seed", str(TEST_SEED)])  # fmt: skip
     result = evaluate([
