@@ -271,6 +271,9 @@ def test_example_labeler_ranks_good_answers_above_bad_ones():
     score = units.explain_score
     assert score(p, "That is 3000 grams.")["answer"] == 1.5 > score(p, "That is 300 grams.")["answer"]
     assert score(p, "3 kilograms is 3,000 grams.")["answer"] == 1.5
+    # the right result after a miscopied question, or in the wrong unit, is wrong
+    assert score(p, "9 kilograms is 3000 grams.")["answer"] == -1.5
+    assert score(p, "3 kilograms is 3000 meters.")["answer"] == -1.5
     assert score(p, "I am not sure about that.")["answer"] == -1.5
     assert score(p, "Happy to help. 3000 grams.")["manners"] == 1 > score(p, "3000 grams.")["manners"] == 0
     assert score(p, "Ugh. 3000 grams.")["manners"] == -1

@@ -4,7 +4,8 @@ A question ("How many grams are in 3 kilograms?") has one right number (3000); a
 is 3000 grams.") is graded by `labeler_scores`, the stand-in for human raters, on three interpretable terms:
 
     term     good                                         bad
-    answer   +1.5 the last number is the right result      -1.5 a wrong number, or none
+    answer   +1.5 the last number is the right result,    -1.5 a wrong number or unit, or none
+                  every number and unit the question's
     manners  +1   a polite phrase, no rude word            -1   any rude word (0: neither)
     ending   +0.5 a finished sentence, 3..20 words,        -0.5 cut off, rambling or repeating itself
                   nothing repeated
@@ -114,13 +115,21 @@ def generate_answer(rng: random.Random, question: str, attributes: dict[str, str
     if attrs["answer"] == "none":
         sentences = [rng.choice(NO_ANSWERS).format(to=to)]
     else:
+        template, shown_n = rng.choice(ANSWERS), n
         if attrs["answer"] == "right":
             r = n * factor
-        elif rng.random() < 0.5:  # a wrong answer is off by a power of ten, the mistake people make ...
-            r = n * rng.choice([f for f in (10, 100, 1000) if f != factor])
-        else:  # ... or miscopies the quantity: without these, a reward model learns to count zeros only
-            r = rng.choice([m for m in QUANTITIES if m != n]) * factor
-        sentences = [rng.choice(ANSWERS).format(n=n, frm=frm, to=to, r=r)]
+        else:  # the mistakes people make, a third each: a power of ten off, the result's digit miscopied, or the
+            # right result after a miscopied question (without the last two a reward model learns to count zeros)
+            mistake = rng.randrange(3)
+            r = n * factor if mistake == 2 else n * rng.choice([f for f in (10, 100, 1000) if f != factor])
+            if mistake == 1:
+                r = rng.choice([m for m in QUANTITIES if m != n]) * factor
+            if mistake == 2:
+                template, shown_n = (
+                    rng.choice([a for a in ANSWERS if "{n}" in a]),
+                    rng.choice([m for m in QUANTITIES if m != n]),
+                )
+        sentences = [template.format(n=shown_n, frm=frm, to=to, r=r)]
     if attrs["ending"] == "rambling":  # filler and the answer said twice
         sentences += rng.sample(FILLERS, 2) + [sentences[0]]
     if attrs["manners"] != "neutral":
@@ -162,7 +171,11 @@ def explain_score(prompt: str, response: str) -> dict[str, float]:
         answer = 0.0  # not a question of this task: nothing to check
     else:
         n, frm, to = question
-        answer = 1.5 if numbers and numbers[-1] == n * FACTORS[frm, to] else -1.5
+        result = n * FACTORS[frm, to]
+        units = {w for w in words if w in UNITS}
+        # the last number is the result, and every number and unit named is the question's own
+        right = bool(numbers) and numbers[-1] == result and set(numbers) <= {n, result} and units <= {frm, to}
+        answer = 1.5 if right else -1.5
 
     if any(w in RUDE_WORDS for w in words):
         manners = -1.0
