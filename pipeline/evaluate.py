@@ -96,6 +96,11 @@ class EvalArguments:
         run = Path(self.run_dir)
         self.sft_model_path = self.sft_model_path or str(run / "sft")
         self.ppo_model_path = self.ppo_model_path or str(run / "ppo")
+        for name in ("reward_model_path", "reward_fn", "labeler"):  # `--x null` is None, as in YAML
+            if str(getattr(self, name)).strip().lower() in ("", "null", "none"):
+                setattr(self, name, None)
+        if self.reward_fn and self.reward_model_path:
+            raise UserError("Set one of reward_model_path and reward_fn, not both (set the other to null).")
         if not self.reward_fn:
             self.reward_model_path = self.reward_model_path or str(run / "reward")
         self.eval_prompts_path = self.eval_prompts_path or str(run / "data" / "eval_prompts")

@@ -181,3 +181,18 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
         logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1] / 0.7
         alone = torch.log_softmax(logits.float(), -1).gather(1, answer[:, None]).sum()
         assert batched[i].item() == pytest.approx(alone.item(), abs=1e-3)
+
+
+def test_a_reward_function_replaces_the_reward_model_and_both_is_an_error(tmp_path):
+    from pipeline.config import UserError
+    from pipeline.evaluate import EvalArguments
+
+    args = EvalArguments(
+        run_dir=str(tmp_path), reward_fn="data_prep.task:labeler_scores", reward_model_path="null"
+    )
+    assert args.reward_model_path is None and args.reward_fn == "data_prep.task:labeler_scores"
+    assert EvalArguments(run_dir=str(tmp_path)).reward_model_path == str(tmp_path / "reward")
+    with pytest.raises(UserError, match="not both"):
+        EvalArguments(
+            run_dir=str(tmp_path), reward_fn="data_prep.task:labeler_scores", reward_model_path="rm"
+        )
