@@ -221,6 +221,7 @@ def test_reward_stage_stops_on_nan_before_saving(tiny_base, tmp_path, capsys):
         "--config", str(TINY / "reward.yaml"), "--model_name_or_path", str(tiny_base),
         "--dataset_path", str(tmp_path / "pairs"), "--eval_split", "", "--output_dir", str(out),
         "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "8", "--disable_tqdm", "true",
+        "--use_margin", "true",  # the recipe trains without the margin; this test needs it read
     ])  # fmt: skip
     assert "NaN/Inf in the training" in line and "no checkpoint was saved yet" in line
     assert not out.exists() and not out.with_name("reward.tmp").exists()
