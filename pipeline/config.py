@@ -181,6 +181,14 @@ def required(help: str, **kwargs):
     return field(default=None, metadata={"help": REQUIRED_MARK + help}, **kwargs)
 
 
+def nulls_to_none(config, names: Sequence[str]) -> None:
+    """On the command line `--name null` (or none, or empty) must mean None, as it does in YAML."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, str) and value.strip().lower() in ("", "null", "none"):
+            setattr(config, name, None)
+
+
 def check_required(configs: Sequence, source: str) -> None:
     missing = [
         f.name

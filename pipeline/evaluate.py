@@ -21,7 +21,7 @@ from pathlib import Path
 from trl import ModelConfig
 
 from pipeline import tracking
-from pipeline.config import UserError, parse_config, required, run_main
+from pipeline.config import UserError, nulls_to_none, parse_config, required, run_main
 from pipeline.health import few_prompts_warning, policy_checks
 from pipeline.models import check_model_dir, is_quantized, load_callable, load_causal_lm, load_tokenizer
 from pipeline.sampling import (
@@ -96,9 +96,7 @@ class EvalArguments:
         run = Path(self.run_dir)
         self.sft_model_path = self.sft_model_path or str(run / "sft")
         self.ppo_model_path = self.ppo_model_path or str(run / "ppo")
-        for name in ("reward_model_path", "reward_fn", "labeler"):  # `--x null` is None, as in YAML
-            if str(getattr(self, name)).strip().lower() in ("", "null", "none"):
-                setattr(self, name, None)
+        nulls_to_none(self, ("reward_model_path", "reward_fn", "labeler"))
         if self.reward_fn and self.reward_model_path:
             raise UserError("Set one of reward_model_path and reward_fn, not both (set the other to null).")
         if not self.reward_fn:
@@ -388,8 +386,8 @@ def main(args=None):
         else f"the reward model {eval_args.reward_model_path}"
     )
     log(f"scoring answers with {scorer}" + (" and the labeler" if labeler else ""))
-    reward_model = RewardScorer(None if eval_args.reward_fn else eval_args.reward_model_path, eval_args.reward_fn,
-                                model_args, state.device, eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
+    reward_model = RewardScorer(eval_args.reward_model_path, eval_args.reward_fn, model_args, state.device,
+                                eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
     score_records(records, reward_model, labeler)
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
     chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from pipeline.config import ConfigError, required
+from pipeline.config import ConfigError, nulls_to_none, required
 
 # The TrainingArguments fields the PPO loop reads. The tracker fields are read by pipeline.tracking; ddp_* and
 # local_rank by the process-group start-up (args.device); deepspeed by Accelerate.
@@ -211,15 +211,8 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
 
-        # On the command line `--reward_model_path null` must mean None, as it does in YAML.
-        for name in ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint",
-                     "eval_reward_fn"):  # fmt: skip
-            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in (
-                "",
-                "null",
-                "none",
-            ):
-                setattr(self, name, None)
+        nulls_to_none(self, ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint",
+                             "eval_reward_fn"))  # fmt: skip
 
         if self.value_head not in ("shared", "adapter"):
             raise ConfigError(f"value_head must be 'shared' or 'adapter', got {self.value_head!r}.")
