@@ -3,6 +3,7 @@
 #   make sft RECIPE=recipes/qwen2.5-0.5b-hh ACCELERATE_CONFIG=recipes/accelerate/multi_gpu.yaml NUM_PROCESSES=8
 #   make sft ARGS="--learning_rate 1e-4"   # any config field can be overridden on the command line
 #   make all SEED=1                  # every stage's seed set to 1, the run in runs/tiny-seed1/
+#   make compare                     # make all's stages, then GRPO, RLOO and DPO (TRL), then one leaderboard
 
 RECIPE ?= recipes/tiny
 ARGS ?=
@@ -45,12 +46,18 @@ else
 LAUNCH := $(PY) -m
 endif
 
-.PHONY: all setup test test-kernels test-fast lint format data base sft reward ppo eval push bench clean help
+.PHONY: all compare setup test test-kernels test-fast lint format data base sft reward ppo grpo rloo dpo eval push \
+	bench clean help
 
 help:
-	@sed -n '1,5p' Makefile
+	@sed -n '1,6p' Makefile
 
 all: data base sft reward ppo eval
+
+# Stage 3's alternatives through TRL's own trainers, from the same SFT model, reward model and prompts, evaluated
+# together with SFT and PPO on the same held-out prompts (the report's leaderboard). After `make all`, the
+# alternatives alone: make grpo rloo dpo eval.
+compare: data base sft reward ppo grpo rloo dpo eval
 
 # DeepSpeed is installed with the dev tools: the tests run ZeRO-2/3 for real on CPU processes.
 $(STAMP): pyproject.toml constraints.txt
@@ -105,6 +112,15 @@ reward: setup
 
 ppo: setup
 	$(LAUNCH) pipeline.ppo --config $(RECIPE)/ppo.yaml $(ARGS)
+
+grpo: setup
+	$(LAUNCH) pipeline.grpo --config $(RECIPE)/grpo.yaml $(ARGS)
+
+rloo: setup
+	$(LAUNCH) pipeline.rloo --config $(RECIPE)/rloo.yaml $(ARGS)
+
+dpo: setup
+	$(LAUNCH) pipeline.dpo --config $(RECIPE)/dpo.yaml $(ARGS)
 
 eval: setup
 	$(LAUNCH) pipeline.evaluate --config $(RECIPE)/eval.yaml $(ARGS)

@@ -1,10 +1,12 @@
-"""Evaluate a finished run: the SFT and the PPO policy on held-out prompts, and the reward model on held-out pairs.
+"""Evaluate a finished run: the SFT policy, the PPO policy and every alternative stage-3 policy present in the run
+(GRPO, RLOO, DPO: `make compare`) on the same held-out prompts, and the reward model on held-out pairs.
 
-Both policies sample with the same settings and seed; their answers are scored by the reward model (which may
+Every policy samples with the same settings and seed; the answers are scored by the reward model (which may
 use another tokenizer: texts are decoded and re-encoded) and, on the built-in task, by the programmatic labeler.
-The KL of the PPO policy from the SFT policy is estimated on the PPO samples (k1: mean over prompts of the sum
-over response tokens of log pi_ppo - log pi_sft, both at the sampling temperature, as the PPO stage logs it).
-Writes `eval.json`, `eval_samples.jsonl`, `report.md` and `plots/*.png` to the run directory.
+Each policy's KL from the SFT policy is estimated on its own samples (k1: mean over prompts of the sum over
+response tokens of log pi - log pi_sft, both at the sampling temperature, as the PPO stage logs it).
+Writes `eval.json` (`policies.<stage>`: the leaderboard), `eval_samples.jsonl`, `report.md` and `plots/*.png`
+to the run directory.
 
     python -m pipeline.evaluate --config recipes/tiny/eval.yaml
     accelerate launch --config_file ... -m pipeline.evaluate --config ...   # prompts sharded across processes
@@ -21,9 +23,18 @@ from pathlib import Path
 from trl import ModelConfig
 
 from pipeline import tracking
-from pipeline.config import UserError, nulls_to_none, parse_config, required, run_main
+from pipeline.alternatives import ALTERNATIVES
+from pipeline.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
 from pipeline.health import few_prompts_warning, policy_checks
-from pipeline.models import check_model_dir, is_quantized, load_callable, load_causal_lm, load_tokenizer
+from pipeline.models import (
+    check_model_dir,
+    is_quantized,
+    load_callable,
+    load_causal_lm,
+    load_tokenizer,
+    same_model_path,
+)
+from pipeline.outputs import fingerprint, read_run
 from pipeline.sampling import (
     generate,
     generation_config,
@@ -41,6 +52,10 @@ class EvalArguments:
     run_dir: str | None = required("run dir (runs/<recipe>); eval.json, report.md, plots/ go here")
     sft_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/sft"})
     ppo_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/ppo"})
+    alternatives: list[str] = field(
+        default_factory=lambda: list(ALTERNATIVES),
+        metadata={"help": "stages whose policy in <run_dir>/<stage> joins the leaderboard when it is there"},
+    )
     reward_model_path: str | None = field(default=None, metadata={"help": "default: <run_dir>/reward"})
     reward_fn: str | None = field(
         default=None,
@@ -108,6 +123,9 @@ class EvalArguments:
         from pipeline.sampling import check_untruncated
 
         check_untruncated(self.top_k, self.top_p, "Evaluation, like PPO,")
+        unknown = sorted(set(self.alternatives) - set(ALTERNATIVES))
+        if unknown:
+            raise ConfigError(f"alternatives: {unknown} are not stages; choose from {list(ALTERNATIVES)}.")
 
 
 CONFIG_TYPES = (EvalArguments, ModelConfig)
@@ -117,6 +135,30 @@ PRODUCERS = {"sft": "make sft", "ppo": "make ppo", "reward": "make reward", "dat
 
 
 MODEL_FILES = ("config.json", "adapter_config.json")  # a finished stage wrote one of these
+
+
+def policy_paths(args: EvalArguments) -> dict[str, str]:
+    """The policies compared with SFT: PPO, then each alternative stage whose folder holds a finished policy."""
+    paths = {"ppo": args.ppo_model_path}
+    for stage in args.alternatives:
+        folder = Path(args.run_dir) / stage
+        if any((folder / f).is_file() for f in MODEL_FILES):
+            paths[stage] = str(folder)
+    return paths
+
+
+def started_from(policy_path: str, sft_path: str) -> bool | None:
+    """Whether the policy's run started from this very SFT model: the SFT path its run record names, and that
+    folder's fingerprint then and now. None when the policy has no run record (made elsewhere)."""
+    run = read_run(policy_path)
+    if run is None:
+        return None
+    config, inputs = run.get("config", {}), run.get("inputs", {})
+    key = "sft_model_path" if "sft_model_path" in config else "model_name_or_path"
+    recorded = config.get(key)
+    if not recorded or not same_model_path(recorded, sft_path):
+        return False
+    return inputs.get(key) in (None, fingerprint(sft_path))
 
 
 def check_inputs(args: EvalArguments) -> None:
@@ -213,15 +255,21 @@ def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]
 # --- the evaluation ----------------------------------------------------------------------------------------
 
 
-def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], device, seed: int) -> list[dict]:
-    """One record per prompt: both policies' answers, their lengths, and the PPO sample's log-ratio to SFT."""
+def evaluate_policies(
+    args: EvalArguments, model_args, prompts: list[str], device, seed: int, policies: dict[str, str]
+) -> list[dict]:
+    """One record per prompt: every policy's answer and its length, and each policy sample's log-ratio to SFT."""
     tokenizer = load_tokenizer(args.sft_model_path, trust_remote_code=args.trust_remote_code)
-    ppo_tokenizer = load_tokenizer(args.ppo_model_path, trust_remote_code=args.trust_remote_code)
-    if ppo_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            f"The PPO policy ({args.ppo_model_path}) and the SFT policy ({args.sft_model_path}) have different "
-            "tokenizers; PPO must start from the SFT policy for the comparison and the KL to mean anything."
-        )
+    for name, path in policies.items():
+        if (
+            load_tokenizer(path, trust_remote_code=args.trust_remote_code).get_vocab()
+            != tokenizer.get_vocab()
+        ):
+            raise UserError(
+                f"The {name.upper()} policy ({path}) and the SFT policy ({args.sft_model_path}) have different "
+                f"tokenizers; {name.upper()} must start from the SFT policy for the comparison and the KL to mean "
+                "anything."
+            )
     records = [{"prompt": p} for p in prompts]
 
     log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
@@ -231,16 +279,18 @@ def evaluate_policies(args: EvalArguments, model_args, prompts: list[str], devic
     _store_logprobs(records, "sft", sft, queries, responses, tokenizer, args.temperature)
     del responses
 
-    log(f"sampling from the PPO policy {args.ppo_model_path}")
-    ppo = load_policy(args.ppo_model_path, model_args, device, args.trust_remote_code)
-    queries, responses = sample(ppo, tokenizer, prompts, args, seed, "the PPO policy")
-    _store(records, "ppo", tokenizer, responses)
-    log("KL of PPO from SFT on PPO's answers")
-    _store_logprobs(records, "ppo", ppo, queries, responses, tokenizer, args.temperature)
-    _store_logprobs(records, "ppo_under_sft", sft, queries, responses, tokenizer, args.temperature)
-    for record in records:
-        record["ppo_log_ratio"] = record["ppo_logprob"] - record.pop("ppo_under_sft_logprob")
-    del sft, ppo
+    for name, path in policies.items():
+        log(f"sampling from the {name.upper()} policy {path}")
+        policy = load_policy(path, model_args, device, args.trust_remote_code)
+        queries, responses = sample(policy, tokenizer, prompts, args, seed, f"the {name.upper()} policy")
+        _store(records, name, tokenizer, responses)
+        log(f"KL of {name.upper()} from SFT on its answers")
+        _store_logprobs(records, name, policy, queries, responses, tokenizer, args.temperature)
+        _store_logprobs(records, f"{name}_under_sft", sft, queries, responses, tokenizer, args.temperature)
+        for record in records:
+            record[f"{name}_log_ratio"] = record[f"{name}_logprob"] - record.pop(f"{name}_under_sft_logprob")
+        del policy
+    del sft
     return records
 
 
@@ -263,9 +313,9 @@ def _store(records: list[dict], name: str, tokenizer, responses) -> None:
             i += 1
 
 
-def score_records(records: list[dict], reward_model: RewardScorer, labeler) -> None:
+def score_records(records: list[dict], reward_model: RewardScorer, labeler, names: list[str]) -> None:
     prompts = [r["prompt"] for r in records]
-    for name in ("sft", "ppo"):
+    for name in names:
         responses = [r[f"{name}_response"] for r in records]
         rm_scores = reward_model(prompts, responses, [r[f"{name}_ended"] for r in records]).tolist()
         labels = labeler(prompts, responses) if labeler else [None] * len(records)
@@ -302,8 +352,16 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
 
 
 def summarize(
-    records: list[dict], margins: list[float], args: EvalArguments, num_processes: int, chosen: list[float]
+    records: list[dict],
+    margins: list[float],
+    args: EvalArguments,
+    num_processes: int,
+    chosen: list[float],
+    policies: dict[str, str] | None = None,
 ) -> dict:
+    """eval.json's figures; `policies` (name -> path) are the policies compared with SFT, by default PPO alone."""
+    policies = policies or {"ppo": args.ppo_model_path}
+
     def mean(key):
         values = [r[key] for r in records if r.get(key) is not None]
         return statistics.fmean(values) if values else None
@@ -311,6 +369,11 @@ def summarize(
     def std(key):
         values = [r[key] for r in records if r.get(key) is not None]
         return statistics.pstdev(values) if values else None
+
+    def labeler_rate(name, compare):
+        if not args.labeler:
+            return None
+        return statistics.fmean(compare(r[f"{name}_labeler_score"], r["sft_labeler_score"]) for r in records)
 
     result = {
         "reward_model_accuracy": accuracy(margins),
@@ -320,24 +383,39 @@ def summarize(
         "ppo_labeler_score": mean("ppo_labeler_score"),
         "kl_ppo_from_sft": mean("ppo_log_ratio"),
     }
-    result["policies"] = {
-        name: {
-            "model_path": getattr(args, f"{name}_model_path"),
+    # The leaderboard: every policy on the same prompts, sampling settings and scorers.
+    result["policies"] = {}
+    for name, path in {"sft": args.sft_model_path, **policies}.items():
+        entry = {
+            "model_path": path,
+            "reward_model_score": mean(f"{name}_reward_model_score"),
             "reward_model_score_std": std(f"{name}_reward_model_score"),
+            "labeler_score": mean(f"{name}_labeler_score"),
             "labeler_score_std": std(f"{name}_labeler_score"),
+            "kl_from_sft": 0.0 if name == "sft" else mean(f"{name}_log_ratio"),
             "response_length_mean": mean(f"{name}_length"),
             "ended_fraction": mean(f"{name}_ended"),
         }
-        for name in ("sft", "ppo")
-    }
+        if name != "sft":
+            entry["labeler_win_rate_vs_sft"] = labeler_rate(name, lambda a, b: a > b)
+            entry["labeler_tie_rate_vs_sft"] = labeler_rate(name, lambda a, b: a == b)
+            entry["started_from_this_sft"] = started_from(path, args.sft_model_path)
+        result["policies"][name] = entry
     if args.labeler:
-        wins = [r["ppo_labeler_score"] > r["sft_labeler_score"] for r in records]
-        ties = [r["ppo_labeler_score"] == r["sft_labeler_score"] for r in records]
-        result["ppo_labeler_win_rate"] = statistics.fmean(wins)
-        result["labeler_tie_rate"] = statistics.fmean(ties)
+        result["ppo_labeler_win_rate"] = result["policies"]["ppo"]["labeler_win_rate_vs_sft"]
+        result["labeler_tie_rate"] = result["policies"]["ppo"]["labeler_tie_rate_vs_sft"]
     result["reward_model_margin_mean"] = statistics.fmean(margins)
-    result["health"] = {"ppo": policy_checks(records, chosen, args.max_kl)}
-    result["warnings"] = [f"PPO {w}" for w in result["health"]["ppo"]["warnings"]]
+    result["health"] = {name: policy_checks(records, chosen, args.max_kl, name) for name in policies}
+    result["warnings"] = [
+        f"{name.upper()} {w}" for name in policies for w in result["health"][name]["warnings"]
+    ]
+    for name in policies:
+        if result["policies"][name]["started_from_this_sft"] is False:
+            result["warnings"].append(
+                f"{name.upper()} did not start from this SFT model ({args.sft_model_path}), or that model changed "
+                f"since (its run record, {policies[name]}/run.json, says otherwise): its gain and KL are not "
+                "measured against its own start."
+            )
     if few := few_prompts_warning(len(records)):
         result["warnings"].append(f"evaluation: {few}")
     result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}
@@ -353,7 +431,7 @@ def summarize(
         "top_p": args.top_p,
         "seed": args.seed,
         "num_processes": num_processes,
-        "kl_estimator": "k1 on PPO samples, summed over response tokens, logits / temperature",
+        "kl_estimator": "k1 on each policy's own samples, summed over response tokens, logits / temperature",
     }
     return result
 
@@ -378,8 +456,9 @@ def main(args=None):
 
     state = distributed_state()
     seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
+    policies = policy_paths(eval_args)
     with state.split_between_processes(prompts, apply_padding=True) as shard:
-        records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed)
+        records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed, policies)
     scorer = (
         f"the function {eval_args.reward_fn}"
         if eval_args.reward_fn
@@ -388,14 +467,14 @@ def main(args=None):
     log(f"scoring answers with {scorer}" + (" and the labeler" if labeler else ""))
     reward_model = RewardScorer(eval_args.reward_model_path, eval_args.reward_fn, model_args, state.device,
                                 eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
-    score_records(records, reward_model, labeler)
+    score_records(records, reward_model, labeler, ["sft", *policies])
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
     chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)
     margins = [c - r for c, r in zip(chosen, rejected)]
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
     records = gather_object(records)[: len(prompts)]
 
-    result = summarize(records, margins, eval_args, state.num_processes, chosen)
+    result = summarize(records, margins, eval_args, state.num_processes, chosen, policies)
     if state.is_main_process:
         write_outputs(eval_args, result, records, trackers)
     state.wait_for_everyone()
@@ -459,6 +538,12 @@ def headline(result: dict, report: Path) -> str:
             f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}"
         )
     lines.append(f"  KL(PPO || SFT) per answer: {fmt(result['kl_ppo_from_sft'])} nats")
+    others = [name for name in result["policies"] if name not in ("sft", "ppo")]
+    for name in others:
+        policy = result["policies"][name]
+        labeler = f"  labeler {fmt(policy['labeler_score'])}" if policy["labeler_score"] is not None else ""
+        lines.append(f"  {name.upper():<5} reward-model score {fmt(policy['reward_model_score'])}{labeler}  "
+                     f"KL {fmt(policy['kl_from_sft'])} nats")  # fmt: skip
     lines += [f"  WARNING: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 

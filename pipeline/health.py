@@ -19,6 +19,13 @@ from collections import Counter
 COLLAPSE_RATIO = 0.5  # entropy or length below this fraction of the reference's is a collapse
 IDENTICAL_SHARE = 0.5  # more than this share of answers being one and the same answer is a collapse
 OVER_OPTIMISATION_QUANTILE = 0.95
+# What holds each stage-3 method nearer the SFT policy, for the warnings' advice.
+KL_KNOB = {
+    "ppo": "raise kl_coef, use adaptive KL, or stop PPO earlier (max_kl)",
+    "grpo": "raise beta (the KL coefficient) or train fewer steps",
+    "rloo": "raise beta (the KL coefficient) or train fewer steps",
+    "dpo": "raise beta or train fewer steps",
+}
 # Fewer held-out prompts than this make the SFT-vs-PPO comparison noise (a mean's standard error is ~1/sqrt(n) of
 # its spread): `data_prep build` and the evaluation report both say so.
 MIN_EVAL_PROMPTS = 50
@@ -77,12 +84,12 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
         warnings.append(
             f"over-optimisation: the mean reward-model score {score:.3f} is above the 95th percentile "
             f"({ceiling:.3f}) of the held-out chosen responses' scores; the reward model is paid outside the range "
-            "it was trained on. Read the samples; raise kl_coef or use adaptive KL."
+            f"it was trained on. Read the samples; {KL_KNOB.get(name, KL_KNOB['ppo'])}."
         )
     if kl is not None and max_kl and kl > max_kl:
         warnings.append(
-            f"drift: KL from the SFT policy is {kl:.2f} nats per answer, above the bound of {max_kl:g}; raise "
-            "kl_coef, use adaptive KL, or stop PPO earlier (max_kl)."
+            f"drift: KL from the SFT policy is {kl:.2f} nats per answer, above the bound of {max_kl:g}; "
+            f"{KL_KNOB.get(name, KL_KNOB['ppo'])}."
         )
     if entropy is not None and sft_entropy and entropy < COLLAPSE_RATIO * sft_entropy:
         warnings.append(

@@ -15,6 +15,9 @@ STAGE_TITLES = {
     "sft": "supervised fine-tuned (SFT) policy, InstructGPT step 1",
     "reward": "reward model, InstructGPT step 2",
     "ppo": "PPO-tuned policy (RLHF), InstructGPT step 3",
+    "grpo": "GRPO-tuned policy (TRL's GRPOTrainer on the run's reward model), an alternative to step 3's PPO",
+    "rloo": "RLOO-tuned policy (TRL's RLOOTrainer on the run's reward model), an alternative to step 3's PPO",
+    "dpo": "DPO-tuned policy (TRL's DPOTrainer on the run's preference pairs), an alternative to step 3's PPO",
 }
 
 # Recipe keys worth showing on a card, in this order (whichever the stage's YAML sets).
@@ -24,7 +27,7 @@ KEY_HYPERPARAMETERS = (
     "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
     "gradient_accumulation_steps", "max_length", "total_episodes", "num_ppo_epochs", "num_mini_batches",
     "kl_coef", "adaptive_kl", "target_kl", "cliprange", "vf_coef", "gamma", "lam", "response_length",
-    "temperature", "seed",
+    "temperature", "beta", "num_generations", "max_completion_length", "seed",
 )  # fmt: skip
 DATA_KEYS = ("source", "sft_data", "preference_data", "preference_test_data")
 
@@ -126,8 +129,7 @@ def render_card(info: CardInfo) -> str:
     body += [f"| `{k}` | `{v}` |" for k, v in info.hyperparameters.items()] or ["| (not recorded) | |"]
     if info.eval_results:
         body += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
-        for key, label in EVAL_ROWS:
-            value = info.eval_results.get(key)
+        for label, value in eval_rows(info.stage, info.eval_results):
             if value is not None:
                 body.append(f"| {label} | {value:.3f} |")
         counts = info.eval_results.get("counts", {})
@@ -144,6 +146,27 @@ def render_card(info: CardInfo) -> str:
         body.append('Prefer full weights? The same run can push them: `make push ARGS="--weights merged"`.')
         body.append("")
     return f"---\n{metadata}\n---\n\n" + "\n".join(body)
+
+
+def eval_rows(stage: str, eval_results: dict) -> list[tuple[str, float | None]]:
+    """The card's evaluation rows (label, value): the run's headline, or for GRPO / RLOO / DPO their own
+    leaderboard entry beside the SFT policy's."""
+    policy = eval_results.get("policies", {}).get(stage)
+    if stage in ("sft", "reward", "ppo") or policy is None:
+        return [(label, eval_results.get(key)) for key, label in EVAL_ROWS]
+    sft, name = eval_results["policies"]["sft"], stage.upper()
+    return [
+        ("reward-model accuracy on held-out preference pairs", eval_results.get("reward_model_accuracy")),
+        ("mean reward-model score, SFT policy", sft["reward_model_score"]),
+        (f"mean reward-model score, {name} policy", policy["reward_model_score"]),
+        ("mean labeler score, SFT policy (built-in task)", sft["labeler_score"]),
+        (f"mean labeler score, {name} policy (built-in task)", policy["labeler_score"]),
+        (f"KL({name} || SFT) per answer, nats", policy["kl_from_sft"]),
+        (
+            f"share of prompts where the labeler prefers {name}'s answer",
+            policy.get("labeler_win_rate_vs_sft"),
+        ),
+    ]
 
 
 def read_hyperparameters(recipe_file: Path) -> dict:

@@ -4,7 +4,8 @@
     python -m pipeline.push --config recipes/tiny/push.yaml --stage sft --weights merged --dry_run true
     make push STAGE=reward HUB_REPO=you/tiny-rm OFFLINE=0
 
-Any stage can be pushed (base, sft, reward, ppo); `weights` picks the LoRA adapter or the plain merged model.
+Any stage can be pushed (base, sft, reward, ppo, grpo, rloo, dpo); `weights` picks the LoRA adapter or the plain
+merged model.
 Uses the real `huggingface_hub` client (create_repo + one create_commit); the token comes from `hf auth login`
 or HF_TOKEN and is never printed. `dry_run` lists what would be uploaded and needs neither token nor network.
 Stage scripts can call `push_stage(...)` at the end of a run to offer the same as an option.
@@ -21,7 +22,7 @@ from pipeline.config import ConfigError, UserError, parse_config, required, run_
 from pipeline.model_card import CardInfo, read_data_sources, read_eval, read_hyperparameters, render_card
 from pipeline.models import check_model_dir
 
-STAGES = ("base", "sft", "reward", "ppo")
+STAGES = ("base", "sft", "reward", "ppo", "grpo", "rloo", "dpo")
 # Never uploaded: pickles nobody needs, PPO's value head (training only), temp files, any old card.
 EXCLUDE = ("training_args.bin", "value_head.safetensors", "*.tmp", "README.md", ".*")
 
@@ -109,7 +110,14 @@ def plan_upload(args: PushArguments):
         config["base_model_name_or_path"] = args.base_model_repo
         uploads["adapter_config.json"] = (json.dumps(config, indent=2) + "\n").encode()
 
-    eval_results = read_eval(run / "eval.json") if args.stage in ("sft", "reward", "ppo") else None
+    eval_results = read_eval(run / "eval.json") if args.stage != "base" else None
+    if (
+        eval_results
+        and args.stage not in eval_results.get("policies", {})
+        and args.stage not in ("sft", "reward")
+    ):
+        eval_results = None  # eval.json predates this policy (or left it out): no figures rather than others'
+
     if eval_results:
         uploads["rlhf_eval.json"] = run / "eval.json"
     plots = []

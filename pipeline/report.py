@@ -219,6 +219,46 @@ def plot_distributions(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def leaderboard_rows(result: dict) -> tuple[list[str], list[list]]:
+    """One row per policy, best first (by labeler score where there is a labeler, else reward-model score)."""
+    policies = result["policies"]
+    labeled = policies["sft"]["labeler_score"] is not None
+    key = "labeler_score" if labeled else "reward_model_score"
+    columns = ["policy", "reward-model score", *(["labeler score", "labeler wins vs SFT"] if labeled else []),
+               "KL from SFT (nats)", "length (tokens)", "from this SFT", "warnings"]  # fmt: skip
+    rows = []
+    for name, p in sorted(policies.items(), key=lambda item: -(item[1][key] or float("-inf"))):
+        start = {True: "yes", False: "**no**", None: "unknown"}[p.get("started_from_this_sft", True)]
+        warned = len(result.get("health", {}).get(name, {}).get("warnings", []))
+        wins = "-" if name == "sft" else p["labeler_win_rate_vs_sft"]
+        labeler = [p["labeler_score"], wins] if labeled else []
+        rows.append([name.upper(), p["reward_model_score"], *labeler, p["kl_from_sft"], p["response_length_mean"],
+                     "-" if name == "sft" else start, str(warned) if warned else "-"])  # fmt: skip
+    return columns, rows
+
+
+def plot_leaderboard(result: dict, path: Path) -> None:
+    """Each policy's held-out score against its KL from SFT: one point per method."""
+    plt = _pyplot()
+    policies = result["policies"]
+    kinds = [("reward_model_score", "reward-model score")]
+    if policies["sft"]["labeler_score"] is not None:
+        kinds.append(("labeler_score", "labeler score (gold)"))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), constrained_layout=True,
+                             squeeze=False)  # fmt: skip
+    for ax, (key, label) in zip(axes[0], kinds):
+        for i, (name, p) in enumerate(policies.items()):
+            color = SFT_COLOR if name == "sft" else PPO_COLOR if name == "ppo" else f"C{i + 2}"
+            ax.scatter(p["kl_from_sft"], p[key], s=70, color=color, zorder=3)
+            ax.annotate(name.upper(), (p["kl_from_sft"], p[key]), textcoords="offset points", xytext=(6, 4))
+        ax.set_xlabel("KL(policy || SFT), nats per answer")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Every policy on the same held-out prompts: higher at lower KL is better")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cell(text: str, limit: int = 220) -> str:
     """Markdown-table-safe text: one line, pipes escaped, long answers cut."""
     text = " ".join(str(text).split())
@@ -324,6 +364,15 @@ def write_report(
             f"- PPO's answer scores higher than SFT's with the labeler on {result['ppo_labeler_win_rate']:.0%} of "
             f"prompts (ties {result['labeler_tie_rate']:.0%})."
         )
+    if len(policies) > 2:  # alternatives beside PPO (make compare)
+        plot_leaderboard(result, plots / "leaderboard.png")
+        columns, rows = leaderboard_rows(result)
+        lines += ["", "## Leaderboard", "",
+                  "Every policy answered the same held-out prompts with the same sampling settings and seed, scored "
+                  "by the same reward model" + (" and labeler" if policies["sft"]["labeler_score"] is not None else "")
+                  + "; KL is each policy's own, on its own answers. *From this SFT* checks each policy's run record "
+                  "against the SFT model evaluated here.", "", *markdown_table(columns, rows), "",
+                  "![Score against KL](plots/leaderboard.png)"]  # fmt: skip
     lines += ["", "## Score distributions", "", "![Score distributions](plots/reward_distributions.png)", ""]
     lines += ["## PPO training", ""]
     if has_curves:

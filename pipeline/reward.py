@@ -108,7 +108,10 @@ def load_pair_splits(script_args: RewardScriptArguments):
         raise UserError(
             f"Preference data {path} lacks column(s) {sorted(missing)}; rebuild it with data_prep."
         )
-    if not script_args.use_margin and "margin" in data[script_args.train_split].column_names:
+    if (
+        not getattr(script_args, "use_margin", True)
+        and "margin" in data[script_args.train_split].column_names
+    ):
         data = data.remove_columns("margin")
     eval_split = script_args.eval_split or None
     if eval_split is not None and eval_split not in data:

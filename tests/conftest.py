@@ -130,3 +130,18 @@ def tiny_reward(run_dir, tiny_data, tiny_base) -> Path:
         "--disable_tqdm", "true", "--seed", str(TEST_SEED),
     ]  # fmt: skip
     return _run_stage(main, "reward.yaml", out, overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_grpo(run_dir, tiny_data, tiny_sft, tiny_reward) -> Path:
+    """A short real GRPO run (TRL's trainer) from the SFT policy, scored by the reward model: a stage-3
+    alternative for the evaluation and push tests (tests/test_alternatives.py checks that GRPO learns)."""
+    from pipeline.grpo import main
+
+    out = run_dir / "grpo"
+    overrides = [
+        "--model_name_or_path", str(tiny_sft), "--reward_model_path", str(tiny_reward),
+        "--prompts_path", str(tiny_data / "prompts"), "--output_dir", str(out),
+        "--max_steps", "8", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", str(TEST_SEED),
+    ]  # fmt: skip
+    return _run_stage(main, "grpo.yaml", out, overrides)

@@ -130,6 +130,63 @@ def test_evaluate_a_short_ppo_run_writes_report_and_plots(tmp_path, tiny_data, t
     assert report.count("\n| ") >= 8 + 2  # header + separator + 8 sample rows at least
 
 
+LEADERBOARD_KEYS = ("reward_model_score", "labeler_score", "kl_from_sft", "response_length_mean")
+
+
+def test_leaderboard_puts_every_policy_on_the_same_prompts(
+    tmp_path, tiny_data, tiny_sft, tiny_reward, tiny_grpo
+):
+    """PPO, GRPO and an untrained DPO (learning rate 0: its adapter is a no-op, so it IS the SFT policy) in one
+    run dir, and an RLOO whose run record names another SFT model. The untrained policy must give SFT's answers
+    and a KL of exactly zero (same prompts, sampling and seed for every policy); the stranger is flagged."""
+    import shutil
+
+    from pipeline.dpo import main as dpo_main
+    from pipeline.evaluate import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "grpo").symlink_to(tiny_grpo, target_is_directory=True)
+    dpo_main(["--config", str(RECIPE / "dpo.yaml"), "--model_name_or_path", str(tiny_sft),
+              "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(run / "dpo"),
+              "--learning_rate", "0", "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+              "--disable_tqdm", "true"])  # fmt: skip
+    shutil.copytree(tiny_grpo, run / "rloo")
+    record = json.loads((run / "rloo" / "run.json").read_text())
+    record["config"]["model_name_or_path"] = str(tmp_path / "another-sft")
+    (run / "rloo" / "run.json").write_text(json.dumps(record))
+
+    result = main(eval_argv(run, tiny_data, tiny_sft, tiny_reward, tiny_grpo, "--num_prompts", "24",
+                            "--num_pairs", "40"))  # fmt: skip
+    board = result["policies"]
+    assert list(board) == ["sft", "ppo", "grpo", "rloo", "dpo"]
+    for name, policy in board.items():
+        for key in LEADERBOARD_KEYS:
+            assert isinstance(policy[key], float) and math.isfinite(policy[key]), (name, key)
+        if name != "sft":
+            assert 0.0 <= policy["labeler_win_rate_vs_sft"] <= 1.0
+    samples = read_samples(run)
+    assert all(s["dpo_response"] == s["sft_response"] for s in samples)
+    assert abs(board["dpo"]["kl_from_sft"]) < 1e-4
+    assert board["dpo"]["labeler_score"] == board["sft"]["labeler_score"]
+    # PPO's slot holds the same GRPO policy: same answers, same figures, whichever slot it sits in.
+    assert all(s["ppo_response"] == s["grpo_response"] for s in samples)
+    assert board["grpo"]["kl_from_sft"] == pytest.approx(board["ppo"]["kl_from_sft"])
+    assert any(s["grpo_response"] != s["sft_response"] for s in samples)  # 8 GRPO steps moved the policy
+    assert board["grpo"]["started_from_this_sft"] is True and board["dpo"]["started_from_this_sft"] is True
+    assert board["rloo"]["started_from_this_sft"] is False
+    assert any(w.startswith("RLOO did not start from this SFT model") for w in result["warnings"])
+    assert set(result["health"]) == {"ppo", "grpo", "rloo", "dpo"}
+
+    report = (run / "report.md").read_text()
+    assert "## Leaderboard" in report and "| RLOO |" in report and "**no**" in report
+    assert_valid_png(run / "plots" / "leaderboard.png")
+    # --alternatives picks who joins: only GRPO now.
+    result = main(eval_argv(run, tiny_data, tiny_sft, tiny_reward, tiny_grpo, "--num_prompts", "8",
+                            "--num_pairs", "8", "--alternatives", "grpo"))  # fmt: skip
+    assert list(result["policies"]) == ["sft", "ppo", "grpo"]
+
+
 @pytest.mark.multiprocess
 def test_two_processes_shard_and_gather_every_prompt_once(tmp_path, tiny_data, tiny_sft, tiny_reward):
     from datasets import load_from_disk

@@ -138,7 +138,7 @@ def test_clear_errors(hub, run_with_sft, monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="repo_id"):
         push(run_with_sft, "--stage", "sft")
     with pytest.raises(ConfigError, match="stage must be one of"):
-        push(run_with_sft, "--stage", "dpo", "--dry_run", "true")
+        push(run_with_sft, "--stage", "critic", "--dry_run", "true")
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(UserError, match="No Hugging Face token"):
         push(run_with_sft, "--stage", "sft", "--repo_id", "alice/x")
@@ -163,6 +163,27 @@ def test_push_command_line_prints_one_line_errors(run_with_sft):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "make reward" in result.stderr
+
+
+def test_push_an_alternative_stage_with_its_own_leaderboard_figures(hub, run_with_sft, tiny_grpo):
+    """GRPO's output (adapter + merged/, as every policy stage writes) goes up with a card that names the method and
+    quotes GRPO's own row of the leaderboard, not PPO's."""
+    (run_with_sft / "grpo").symlink_to(tiny_grpo, target_is_directory=True)
+    board = {"sft": {"reward_model_score": -0.25, "labeler_score": 0.75, "kl_from_sft": 0.0},
+             "grpo": {"reward_model_score": 1.75, "labeler_score": 2.125, "kl_from_sft": 2.5,
+                      "labeler_win_rate_vs_sft": 0.625}}  # fmt: skip
+    (run_with_sft / "eval.json").write_text(json.dumps({**EVAL, "policies": board}))
+    push(run_with_sft, "--stage", "grpo", "--repo_id", "alice/tiny-grpo")
+    repo = hub.repos["alice/tiny-grpo"]
+    assert {"adapter_config.json", "README.md", "rlhf_eval.json"} <= set(repo.files)
+    card = repo.files["README.md"].decode()
+    assert "GRPO-tuned policy" in card and "- grpo" in card.split("---\n")[1]
+    assert "| KL(GRPO || SFT) per answer, nats | 2.500 |" in card
+    assert "| mean labeler score, GRPO policy (built-in task) | 2.125 |" in card
+    assert "PPO policy" not in card  # not the PPO headline
+    assert "| `beta` |" in card  # the recipe's KL coefficient
+    push(run_with_sft, "--stage", "grpo", "--repo_id", "alice/tiny-grpo-merged", "--weights", "merged")
+    assert "model.safetensors" in hub.repos["alice/tiny-grpo-merged"].lfs_files
 
 
 def test_reward_model_card_says_how_to_score():

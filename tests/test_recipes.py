@@ -16,6 +16,9 @@ STAGE_MODULES = {
     "sft": "pipeline.sft",
     "reward": "pipeline.reward",
     "ppo": "pipeline.ppo",
+    "grpo": "pipeline.grpo",
+    "rloo": "pipeline.rloo",
+    "dpo": "pipeline.dpo",
     "eval": "pipeline.evaluate",
     "push": "pipeline.push",
 }

@@ -1,0 +1,254 @@
+"""Stage 3 beside our PPO, through TRL's own trainers: what GRPO, RLOO and DPO share.
+
+Each starts from the SFT stage's plain merged model (`<sft>/merged`) with a fresh LoRA adapter (QLoRA with
+`load_in_4bit`, full fine-tuning with `use_peft: false`), so its KL reference, the adapter switched off, is the SFT
+policy itself. Each writes what the SFT stage writes: the adapter + tokenizer at `output_dir`, a plain merged model
+in `merged/`, the trainer's log as `metrics.jsonl`, its run record; checkpoints in `<output_dir>.checkpoints/`.
+
+GRPO and RLOO score their samples through `pipeline.scoring.RewardScorer`, the scorer of PPO and evaluation,
+handed to TRL as a reward *function*: TRL's own reward-model path decodes a completion without its EOS, which is
+not how our reward model was trained (it reads the score at the EOS of a finished answer). They sample on-policy:
+TRL sets only some sampling fields, so the model's own `generation_config` (no_repeat_ngram_size, bad_words_ids,
+...) is set aside while they train, as in PPO (`pipeline.sampling`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import ConfigError, UserError, nulls_to_none, required
+from pipeline.training import RunOutputArguments
+
+ALTERNATIVES = ("grpo", "rloo", "dpo")
+
+
+@dataclass
+class PolicyOutputArguments(RunOutputArguments):
+    merge_adapter: bool = field(
+        default=True, metadata={"help": "also write a plain merged model to <output_dir>/merged"}
+    )
+
+
+@dataclass
+class OnlineScriptArguments(PolicyOutputArguments):
+    """What GRPO and RLOO sample from and how their samples are scored (the start model is model_name_or_path)."""
+
+    prompts_path: str | None = required(
+        "datasets.save_to_disk dir of {prompt} rows (runs/<recipe>/data/prompts)"
+    )
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "the reward stage's output (runs/<recipe>/reward)"}
+    )
+    reward_fn: str | None = field(
+        default=None,
+        metadata={"help": "score with a Python function 'module:function' f(prompts, responses) -> scores instead "
+                  "of a reward model (set reward_model_path to null)"},
+    )  # fmt: skip
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "subtracted from the score of an answer cut off at max_completion_length"},
+    )
+    reward_batch_size: int = field(default=32, metadata={"help": "answers per reward-model forward pass"})
+
+    def __post_init__(self):
+        nulls_to_none(self, ("reward_model_path", "reward_fn"))
+        if bool(self.reward_model_path) == bool(self.reward_fn):
+            raise UserError("Set exactly one of reward_model_path and reward_fn (set the other to null).")
+
+
+# --- the start model -----------------------------------------------------------------------------------------
+
+
+def sft_policy_path(name_or_path: str) -> str:
+    """The plain model to start from: an SFT adapter dir's `merged/` model, or the path itself (a plain model).
+
+    The new adapter records this path as its base, so it must outlive the run: a merge made on the fly would not.
+    """
+    from pipeline.models import is_adapter_dir
+
+    if not Path(name_or_path).exists() or not is_adapter_dir(name_or_path):
+        return name_or_path
+    merged = Path(name_or_path) / "merged"
+    if not (merged / "config.json").is_file():
+        raise UserError(
+            f"{name_or_path} is a LoRA adapter without a merged model: rerun the SFT stage with "
+            "`merge_adapter: true` (the recipes do), or point model_name_or_path at a plain model."
+        )
+    return str(merged)
+
+
+def load_start_model(model_args, trust_remote_code: bool):
+    """(model, tokenizer, start path): the SFT policy as a plain causal LM, through the one loader."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models import load_model, load_tokenizer
+    from pipeline.training import check_quantized_needs_peft
+
+    if not model_args.model_name_or_path:
+        raise UserError("Set model_name_or_path: the SFT stage's output (runs/<recipe>/sft).")
+    check_quantized_needs_peft(model_args)
+    start = sft_policy_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(start, model_args.model_revision, trust_remote_code)
+    model = load_model(AutoModelForCausalLM, start, model_args, trust_remote_code)
+    return model, tokenizer, start
+
+
+# --- on-policy sampling and scoring (GRPO, RLOO) ---------------------------------------------------------------
+
+
+def check_on_policy(training_args, stage: str) -> None:
+    """TRL computes the sampled tokens' log-probs from softmax(logits / temperature) over the whole vocabulary, the
+    distribution its ratios and KL assume: a truncating or reshaping sampler would make the updates off-policy."""
+    from pipeline.sampling import check_untruncated
+
+    check_untruncated(training_args.top_k, training_args.top_p, stage)
+    if training_args.min_p not in (None, 0.0) or training_args.repetition_penalty != 1.0:
+        raise ConfigError(
+            f"{stage} samples from softmax(logits / temperature); min_p={training_args.min_p} / "
+            f"repetition_penalty={training_args.repetition_penalty} would change that distribution (off-policy). "
+            "Leave min_p unset and repetition_penalty at 1.0."
+        )
+    if training_args.generation_kwargs:
+        raise ConfigError(
+            f"{stage}: generation_kwargs {training_args.generation_kwargs} would change how answers are sampled; "
+            "sampling is set by temperature and max_completion_length alone."
+        )
+    if training_args.beta == 0:
+        print(
+            f"Warning: {stage} runs with beta 0: no KL penalty to the SFT policy, nothing holds it near it."
+        )
+
+
+class ScoredReward:
+    """A TRL reward function over our `RewardScorer`: the same EOS and truncation rule as PPO and evaluation.
+
+    TRL decodes completions without special tokens; an answer ended if its ids end with an EOS (TRL keeps the
+    tokens up to and including the first one), and then gets it back before scoring."""
+
+    def __init__(self, scorer, eos_token_ids: list[int], missing_eos_penalty: float | None, name: str):
+        self.scorer, self.eos, self.penalty = scorer, set(eos_token_ids), missing_eos_penalty
+        self.__name__ = name  # TRL logs each reward function's mean as rewards/<__name__>/mean
+
+    def ended(self, completion_ids: list[list[int]]) -> list[bool]:
+        return [bool(ids) and ids[-1] in self.eos for ids in completion_ids]
+
+    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], **kwargs):
+        ended = self.ended(completion_ids)
+        scores = self.scorer(prompts, completions, ended).tolist()
+        if self.penalty:
+            scores = [s if e else s - self.penalty for s, e in zip(scores, ended)]
+        return scores
+
+
+def reward_function(script_args: OnlineScriptArguments, model_args, tokenizer, device, remote_code: bool):
+    from pipeline.scoring import RewardScorer
+
+    scorer = RewardScorer(script_args.reward_model_path, script_args.reward_fn, model_args, device,
+                          script_args.reward_batch_size, remote_code)  # fmt: skip
+    name = "reward_model" if script_args.reward_model_path else script_args.reward_fn.rsplit(":", 1)[-1]
+    return ScoredReward(scorer, [tokenizer.eos_token_id], script_args.missing_eos_penalty, name)
+
+
+def load_prompts(path: str | None):
+    from datasets import Dataset, load_from_disk
+
+    if path is None or not Path(path).exists():
+        raise UserError(f"Prompts {path} do not exist. Build them first (make data) or set prompts_path.")
+    data = load_from_disk(path)
+    if not isinstance(data, Dataset) or "prompt" not in data.column_names:
+        found = data.column_names if isinstance(data, Dataset) else f"splits {list(data)}"
+        raise UserError(f"Prompts {path} must be one Dataset with a 'prompt' column; found {found}.")
+    return data.select_columns(["prompt"])
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+def train_policy(stage: str, config_types, args, build_trainer, callbacks=None, check_config=None) -> dict:
+    """Parse the config (and `check_config(script_args, training_args)` it), start the run, build the TRL trainer
+    with `build_trainer(script_args, training_args, model_args, model, tokenizer, callbacks) -> (trainer, context)`,
+    train inside `context` (resuming when asked), save the policy; returns the metrics."""
+
+    from pipeline.config import parse_config
+    from pipeline.outputs import checkpoints_dir, resolve_resume, run_identity
+    from pipeline.tracking import TrackerCallback
+    from pipeline.training import StopOnNonFinite, begin_run, report_engine
+
+    script_args, training_args, model_args = parse_config(config_types, args)
+    if check_config is not None:
+        check_config(script_args, training_args)
+    identity = run_identity(stage, (script_args, training_args, model_args))
+    tracker = TrackerCallback(stage, training_args.output_dir, training_args, script_args, model_args)
+    final_dir = Path(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
+    model, tokenizer, start = load_start_model(model_args, training_args.trust_remote_code)
+    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
+    trainer, context = build_trainer(
+        script_args, training_args, model_args, model, tokenizer,
+        [*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
+    )  # fmt: skip
+    report_engine(trainer.accelerator)
+    with context:
+        train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    metrics = {**train_result.metrics, "start_model": start,
+               "resumed_from_checkpoint": None if resume is None else str(resume)}  # fmt: skip
+    finish(trainer, tokenizer, final_dir, identity, script_args, model_args, metrics)
+    tracker.finish()
+    return metrics
+
+
+def finish(
+    trainer, tokenizer, final_dir: Path, identity: dict, script_args, model_args, metrics: dict
+) -> None:
+    """Checks, then the adapter (or model), tokenizer, merged model, metrics and run record, published at once."""
+    from pipeline.outputs import staging_dir, write_run
+    from pipeline.sft import finish_sft_artifact
+    from pipeline.training import check_finite_weights, finish_training, save_trained_weights
+
+    check_finite_weights(trainer)
+    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
+    save_trained_weights(trainer, tmp)
+    if trainer.is_world_process_zero():
+        write_run(tmp, identity)
+        with open(tmp / "metrics.jsonl", "w") as f:
+            for entry in trainer.state.log_history:
+                f.write(json.dumps({"step": entry.get("step"), **entry}) + "\n")
+        remote_code = trainer.args.trust_remote_code
+        finish_sft_artifact(
+            tmp, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics
+        )
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()
+    finish_training(trainer, final_dir, script_args.keep_checkpoints)
+    if trainer.is_world_process_zero():
+        print(f"Saved to {final_dir}")
+
+
+def train_online(stage: str, trainer_class, config_types, args, callbacks=None) -> dict:
+    """GRPO or RLOO: TRL's trainer on our prompts, scored by our scorer, sampling with our settings only."""
+    from pipeline.sampling import generation_config, our_config_only
+    from pipeline.training import peft_config
+
+    def check(script_args, training_args):
+        check_on_policy(training_args, stage.upper())
+        load_prompts(script_args.prompts_path)
+
+    def build(script_args, training_args, model_args, model, tokenizer, all_callbacks):
+        prompts = load_prompts(script_args.prompts_path)
+        reward = reward_function(script_args, model_args, tokenizer, training_args.device,
+                                 training_args.trust_remote_code)  # fmt: skip
+        trainer = trainer_class(model=model, reward_funcs=[reward], args=training_args, train_dataset=prompts,
+                                processing_class=tokenizer, peft_config=peft_config(model_args),
+                                callbacks=all_callbacks)  # fmt: skip
+        # TRL ends an answer at every EOS id the model declares (an end-of-turn token too): so does the scorer.
+        reward.eos = set(getattr(trainer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+        # TRL's GenerationConfig leaves every field it does not set to the model's generation_config: ours,
+        # every logits processor off, stands in for the model's own while it trains (restored before saving).
+        neutral = generation_config(training_args.max_completion_length, training_args.temperature, tokenizer)
+        return trainer, our_config_only(model, neutral)
+
+    return train_policy(stage, config_types, args, build, callbacks, check)

@@ -1,0 +1,58 @@
+"""Stage 3, DPO (Rafailov et al., 2023) through TRL's `DPOTrainer`: the SFT policy trained on the preference pairs
+directly, with no reward model and no sampling.
+
+The loss is -log sigmoid(beta * (log-ratio of chosen - log-ratio of rejected)), each log-ratio taken against the
+SFT policy (the start model with the new adapter switched off). Held-out pairs are evaluated at each `eval_strategy` point
+(the recipe: every epoch); the implicit reward's accuracy is `eval_rewards/accuracies` in `metrics.jsonl`. Start model and output layout: `pipeline.alternatives`.
+
+    python -m pipeline.dpo --config recipes/tiny/dpo.yaml [--beta 0.1 ...]
+
+Output (`output_dir`): the LoRA adapter + tokenizer, a plain merged model in `merged/`, `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from pipeline.alternatives import PolicyOutputArguments, train_policy
+from pipeline.config import required, run_main
+from pipeline.training import LoraModelConfig
+
+
+@dataclass
+class DPOScriptArguments(PolicyOutputArguments):
+    dataset_path: str | None = required(
+        "datasets.save_to_disk dir (DatasetDict) with {prompt, chosen, rejected}"
+    )
+    train_split: str = "train"
+    eval_split: str = field(
+        default="test", metadata={"help": "held-out pairs evaluated after training ('' to skip)"}
+    )
+
+
+CONFIG_TYPES = (DPOScriptArguments, DPOConfig, LoraModelConfig)
+
+
+def main(args=None, callbacks=None) -> dict:
+    from trl import DPOTrainer
+
+    from pipeline.reward import load_pair_splits
+    from pipeline.training import peft_config
+
+    def build(script_args, training_args, model_args, model, tokenizer, all_callbacks):
+        train, held_out = load_pair_splits(script_args)
+        columns = ["prompt", "chosen", "rejected"]
+        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train.select_columns(columns),
+                             eval_dataset=None if held_out is None else held_out.select_columns(columns),
+                             processing_class=tokenizer, peft_config=peft_config(model_args),
+                             callbacks=all_callbacks)  # fmt: skip
+        return trainer, contextlib.nullcontext()
+
+    return train_policy("dpo", CONFIG_TYPES, args, build, callbacks)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,252 @@
+"""GRPO, RLOO and DPO through TRL's trainers (pipeline.grpo|rloo|dpo): learning on the built-in task, scoring
+through our scorer, on-policy sampling whatever the model's generation_config says, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import ConfigError, UserError
+from tests.conftest import TEST_SEED, record_learning
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "tiny"
+
+
+def online_args(stage: str, tiny_sft, tiny_data, out, *extra) -> list[str]:
+    return [
+        "--config", str(RECIPE / f"{stage}.yaml"),
+        "--model_name_or_path", str(tiny_sft),
+        "--prompts_path", str(tiny_data / "prompts"),
+        "--output_dir", str(out),
+        "--save_strategy", "no",
+        "--disable_tqdm", "true",
+        "--seed", str(TEST_SEED),
+        *extra,
+    ]  # fmt: skip
+
+
+def dpo_args(tiny_sft, tiny_data, out, *extra) -> list[str]:
+    return [
+        "--config", str(RECIPE / "dpo.yaml"),
+        "--model_name_or_path", str(tiny_sft),
+        "--dataset_path", str(tiny_data / "preference"),
+        "--output_dir", str(out),
+        "--save_strategy", "no",
+        "--disable_tqdm", "true",
+        "--seed", str(TEST_SEED),
+        *extra,
+    ]  # fmt: skip
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_learns(name: str, out: Path, tiny_sft: Path, tiny_data: Path, gain_bar: float) -> None:
+    """Held-out labeler score over SFT's (same prompts, sampling and seed), its KL, and a loadable merged policy."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_ppo_train import labeler_eval
+
+    assert (out / "adapter_config.json").is_file() and (out / "run.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert sum(p.numel() for p in merged.parameters()) > 0
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == tiny_sft / "merged"  # the SFT policy is the start
+    prompts = list(load_from_disk(str(tiny_data / "eval_prompts"))["prompt"])
+    sft_score, _ = labeler_eval(tiny_sft, tiny_sft, prompts)
+    score, kl = labeler_eval(out, tiny_sft, prompts)
+    print(f"{name}: held-out labeler score SFT {sft_score:.3f} -> {score:.3f}; KL from SFT {kl:.2f} nats")
+    record_learning(f"{name}: held-out labeler gain over SFT", score - sft_score, gain_bar)
+    record_learning(f"{name}: KL(policy || SFT), nats", kl, 30.0, higher_is_better=False)
+    assert score > sft_score + gain_bar, (sft_score, score, kl)
+    assert 0.0 < kl < 30.0
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_grpo_with_the_reward_model_raises_labeler_score_over_sft(tiny_sft, tiny_reward, tiny_data, tmp_path):
+    from pipeline.grpo import main
+
+    out = tmp_path / "grpo"
+    main(online_args("grpo", tiny_sft, tiny_data, out, "--reward_model_path", str(tiny_reward)))
+    logged = [m for m in read_metrics(out) if "kl" in m]
+    assert logged and all(m["kl"] >= 0 for m in logged)  # beta > 0: TRL measures the KL to the reference
+    rewards = [m["rewards/reward_model/mean"] for m in logged]
+    assert rewards[-1] > rewards[0], rewards
+    assert_learns("grpo (reward model)", out, tiny_sft, tiny_data, 0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_rloo_with_the_labeler_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
+    from pipeline.rloo import main
+
+    out = tmp_path / "rloo"
+    main(online_args("rloo", tiny_sft, tiny_data, out, "--reward_model_path", "null",
+                     "--reward_fn", "data_prep.task:labeler_scores"))  # fmt: skip
+    assert any("rewards/labeler_scores/mean" in m for m in read_metrics(out))
+    assert_learns("rloo (labeler)", out, tiny_sft, tiny_data, 0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+def test_dpo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
+    from pipeline.dpo import main
+
+    out = tmp_path / "dpo"
+    main(dpo_args(tiny_sft, tiny_data, out))
+    held_out = [m for m in read_metrics(out) if "eval_rewards/accuracies" in m]
+    assert (
+        held_out and held_out[-1]["eval_rewards/accuracies"] > 0.6
+    )  # the implicit reward ranks held-out pairs
+    assert_learns("dpo", out, tiny_sft, tiny_data, 0.5)
+
+
+# --- scoring: the reward model reads an ended answer at its EOS, as in PPO and evaluation ---------------------
+
+
+def test_the_reward_function_scores_as_ppo_does(tiny_reward):
+    from transformers import AutoTokenizer
+
+    from pipeline.alternatives import ScoredReward
+    from pipeline.scoring import RewardScorer
+
+    scorer = RewardScorer(str(tiny_reward))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward)
+    eos = tokenizer.eos_token_id
+    prompts = ["User: What do you think about cats?\nAssistant:"] * 3
+    completions = [" I like cats a lot.", " I like cats a lot.", " I like"]
+    ids = [tokenizer(c)["input_ids"] for c in completions]
+    ids = [ids[0] + [eos], ids[1], ids[2]]  # ended, cut off, cut off
+    reward = ScoredReward(scorer, [eos], missing_eos_penalty=1.0, name="reward_model")
+    assert reward.ended(ids) == [True, False, False]
+    got = reward(prompts=prompts, completions=completions, completion_ids=ids)
+    want = scorer(prompts, completions, [True, False, False]).tolist()
+    assert got == pytest.approx([want[0], want[1] - 1.0, want[2] - 1.0])
+    # The EOS is part of what the reward model reads: the ended answer scores differently from the cut-off one.
+    assert want[0] != pytest.approx(want[1])
+
+
+# --- on-policy sampling: the model's own generation_config is set aside --------------------------------------
+
+
+def test_a_models_generation_config_does_not_change_how_grpo_samples(
+    tiny_sft, tiny_data, tmp_path, monkeypatch
+):
+    """A model that forbids repeating any token (no_repeat_ngram_size=1) and the word "are" in its
+    generation_config: GRPO's samples still repeat tokens and say "are", and the saved policy keeps its config."""
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig
+    from trl import GRPOTrainer
+
+    from pipeline.grpo import main
+
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_sft, sft)
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    banned = tokenizer(" are", add_special_tokens=False)["input_ids"]  # one token, in most answers
+    own = GenerationConfig.from_pretrained(sft / "merged")
+    own.no_repeat_ngram_size, own.bad_words_ids = 1, [banned]
+    own.save_pretrained(sft / "merged")
+
+    seen: list[list[int]] = []  # the token ids of every answer TRL sampled, as its reward step received them
+    original = GRPOTrainer._calculate_rewards
+
+    def spy(self, inputs, prompts, completions, completion_ids_list):
+        seen.extend(completion_ids_list)
+        return original(self, inputs, prompts, completions, completion_ids_list)
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", spy)
+    out = tmp_path / "grpo"
+    main(online_args("grpo", sft, tiny_data, out, "--reward_model_path", "null",
+                     "--reward_fn", "data_prep.task:labeler_scores", "--max_steps", "3"))  # fmt: skip
+    assert len(seen) == 3 * 16
+    repeats = sum(len(set(ids)) < len(ids) for ids in seen)
+    says_are = sum(any(ids[i : i + len(banned)] == banned for i in range(len(ids))) for ids in seen)
+    assert repeats > len(seen) // 2, f"only {repeats} of {len(seen)} answers repeat a token"
+    assert says_are > 0, "no answer contains the model's banned word: its bad_words_ids still applied"
+    saved = GenerationConfig.from_pretrained(out / "merged")
+    assert saved.no_repeat_ngram_size == 1 and saved.bad_words_ids == [banned]
+
+
+# --- configuration errors, before any model is loaded ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--top_k", "50"], "top_k=50"),
+        (["--top_p", "0.9"], "top_p=0.9"),
+        (["--repetition_penalty", "1.1"], "repetition_penalty=1.1"),
+        (["--reward_fn", "data_prep.task:labeler_scores"], "exactly one of reward_model_path and reward_fn"),
+    ],
+)
+def test_off_policy_sampling_and_two_rewards_are_refused(flags, message, tmp_path):
+    from pipeline.grpo import main
+
+    argv = online_args("grpo", tmp_path / "sft", tmp_path / "data", tmp_path / "out",
+                       "--reward_model_path", str(tmp_path / "reward"), *flags)  # fmt: skip
+    with pytest.raises((ConfigError, UserError), match=message):
+        main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_sft_adapter_without_its_merged_model_is_a_clear_error(tiny_sft, tiny_data, tmp_path):
+    import shutil
+
+    from pipeline.grpo import main
+
+    sft = tmp_path / "sft"
+    shutil.copytree(tiny_sft, sft, ignore=shutil.ignore_patterns("merged"))
+    with pytest.raises(UserError, match="merge_adapter: true"):
+        main(online_args("grpo", sft, tiny_data, tmp_path / "out", "--reward_model_path", "null",
+                         "--reward_fn", "data_prep.task:labeler_scores"))  # fmt: skip
+
+
+# --- two processes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.multiprocess
+def test_dpo_in_two_processes_ends_with_identical_weights(tiny_sft, tiny_data, tmp_path):
+    script = tmp_path / "run_dpo.py"
+    script.write_text(
+        "import sys\n"
+        "from safetensors.torch import save_file\n"
+        "from transformers import TrainerCallback\n"
+        "from pipeline.dpo import main\n"
+        "class Dump(TrainerCallback):\n"
+        "    def on_train_end(self, args, state, control, model=None, **kwargs):\n"
+        "        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}\n"
+        "        save_file(weights, sys.argv[-1] + f'.rank{args.process_index}')\n"
+        "        print('WORLD', args.world_size)\n"
+        "main(sys.argv[1:-1], callbacks=[Dump()])\n"
+    )
+    out = tmp_path / "dpo"
+    args = dpo_args(tiny_sft, tiny_data, out, "--max_steps", "4", "--per_device_train_batch_size", "8",
+                    "--eval_strategy", "no")  # fmt: skip
+    dump = str(tmp_path / "weights")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *args, dump],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("WORLD 2") == 2
+    from safetensors.torch import load_file
+
+    w0, w1 = load_file(dump + ".rank0"), load_file(dump + ".rank1")
+    assert w0.keys() == w1.keys() and any("lora_B" in k for k in w0)
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
+    assert any(w0[k].abs().sum() > 0 for k in w0 if "lora_B" in k)  # trained: LoRA B starts at zero
+    assert (out / "merged" / "config.json").is_file()
