@@ -253,6 +253,7 @@ def plot_leaderboard(result: dict, path: Path) -> None:
             ax.annotate(name.upper(), (p["kl_from_sft"], p[key]), textcoords="offset points", xytext=(6, 4))
         ax.set_xlabel("KL(policy || SFT), nats per answer")
         ax.set_ylabel(label)
+        ax.margins(0.15)  # room for the labels
         ax.grid(alpha=0.3)
     fig.suptitle("Every policy on the same held-out prompts: higher at lower KL is better")
     fig.savefig(path, dpi=110)

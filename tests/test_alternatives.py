@@ -136,6 +136,49 @@ def test_the_reward_function_scores_as_ppo_does(tiny_reward):
     assert want[0] != pytest.approx(want[1])
 
 
+def test_grpo_scores_through_a_reward_model_with_its_own_tokenizer(
+    tiny_sft, tiny_data, tmp_path, monkeypatch
+):
+    """A GPT-2 reward model whose tokenizer (600 tokens) is not the policy's (Llama, 1000): TRL hands our reward
+    function decoded text, which the scorer re-encodes with the reward model's tokenizer, EOS appended to the
+    answers that ended; every reward GRPO trained on is that score (minus the missing-EOS penalty)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from pipeline.grpo import main
+    from pipeline.scoring import RewardScorer
+    from tests.tiny_models import build_model_dir, tiny_tokenizer
+
+    rm_tokenizer = tiny_tokenizer(tiny_data / "pretrain", num_texts=1000, vocab_size=600)
+    causal = build_model_dir("gpt2", rm_tokenizer, tmp_path / "rm-causal")
+    reward_model = AutoModelForSequenceClassification.from_pretrained(causal, num_labels=1)
+    reward_model.config.pad_token_id = rm_tokenizer.pad_token_id
+    reward_model.save_pretrained(tmp_path / "rm")
+    rm_tokenizer.save_pretrained(tmp_path / "rm")
+    policy_tokenizer = AutoTokenizer.from_pretrained(tiny_sft)
+    assert rm_tokenizer.get_vocab() != policy_tokenizer.get_vocab()
+
+    calls = []  # (prompts, completions, completion ids, the rewards TRL got)
+    original = GRPOTrainer._calculate_rewards
+
+    def spy(self, inputs, prompts, completions, completion_ids_list):
+        rewards = original(self, inputs, prompts, completions, completion_ids_list)
+        calls.append((prompts, completions, completion_ids_list, rewards[:, 0].tolist()))
+        return rewards
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", spy)
+    main(online_args("grpo", tiny_sft, tiny_data, tmp_path / "grpo", "--reward_model_path", str(tmp_path / "rm"),
+                     "--max_steps", "2"))  # fmt: skip
+    scorer = RewardScorer(str(tmp_path / "rm"))
+    eos = policy_tokenizer.eos_token_id
+    for prompts, completions, ids, got in calls:
+        ended = [bool(i) and i[-1] == eos for i in ids]
+        want = scorer(prompts, completions, ended).tolist()
+        want = [w if e else w - 1.0 for w, e in zip(want, ended)]  # the recipe's missing_eos_penalty
+        assert got == pytest.approx(want, abs=1e-5)
+    assert sum(len(c[1]) for c in calls) == 2 * 16
+
+
 # --- on-policy sampling: the model's own generation_config is set aside --------------------------------------
 
 
