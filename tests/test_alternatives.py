@@ -222,6 +222,31 @@ def test_a_models_generation_config_does_not_change_how_grpo_samples(
     assert saved.no_repeat_ngram_size == 1 and saved.bad_words_ids == [banned]
 
 
+def test_grpo_resumed_from_a_checkpoint_ends_on_the_same_weights(tiny_sft, tiny_data, tmp_path):
+    """4 steps in one go, checkpointed at step 2; a second run resumed from that checkpoint (the shared resume
+    layer) to step 4 ends on the same adapter to the last bit: data order, sampling RNG, optimizer, schedule."""
+    from safetensors.torch import load_file
+
+    from pipeline.grpo import main
+
+    def run(out, *extra):
+        return main(online_args("grpo", tiny_sft, tiny_data, out, "--reward_model_path", "null",
+                                "--reward_fn", "data_prep.task:labeler_scores", "--save_strategy", "steps",
+                                "--save_steps", "2", "--save_total_limit", "2", "--keep_checkpoints", "true", "--max_steps", "4",
+                                *extra))  # fmt: skip
+
+    run(tmp_path / "full")
+    checkpoint = tmp_path / "full.checkpoints" / "checkpoint-2"
+    assert (checkpoint / "trainer_state.json").is_file()
+    resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", str(checkpoint))
+    assert resumed["resumed_from_checkpoint"] == str(checkpoint)
+    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 # --- configuration errors, before any model is loaded ----------------------------------------------------------
 
 
