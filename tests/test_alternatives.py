@@ -247,6 +247,40 @@ def test_grpo_resumed_from_a_checkpoint_ends_on_the_same_weights(tiny_sft, tiny_
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_qlora_grpo_and_full_dpo_write_loadable_policies(tiny_sft, tiny_data, tmp_path):
+    """QLoRA (4-bit base + adapter) and full fine-tuning, as for SFT: a plain merged model from the first, a plain
+    model at the root from the second, and the full model's weights moved off the SFT policy's."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from pipeline.dpo import main as dpo_main
+    from pipeline.grpo import main as grpo_main
+
+    class Modules(TrainerCallback):  # the module types the trainer actually trains
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.names = {type(m).__name__ for m in model.modules()}
+
+    seen = Modules()
+    qlora = tmp_path / "grpo-qlora"
+    grpo_main(online_args("grpo", tiny_sft, tiny_data, qlora, "--reward_model_path", "null",
+                          "--reward_fn", "data_prep.task:labeler_scores", "--max_steps", "2",
+                          "--load_in_4bit", "true"), callbacks=[seen])  # fmt: skip
+    assert "Linear4bit" in seen.names  # the base really trained in 4 bits
+    merged = AutoModelForCausalLM.from_pretrained(qlora / "merged")
+    assert not any("4bit" in type(m).__name__ for m in merged.modules()), "merged model must be plain weights"
+
+    full = tmp_path / "dpo-full"
+    dpo_main(dpo_args(tiny_sft, tiny_data, full, "--max_steps", "2", "--use_peft", "false",
+                      "--eval_strategy", "no"))  # fmt: skip
+    assert not (full / "adapter_config.json").exists()
+    trained, start = (
+        load_file(full / "model.safetensors"),
+        load_file(tiny_sft / "merged" / "model.safetensors"),
+    )
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k in trained)
+    AutoModelForCausalLM.from_pretrained(full)
+
+
 # --- configuration errors, before any model is loaded ----------------------------------------------------------
 
 
