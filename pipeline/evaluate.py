@@ -452,6 +452,8 @@ def main(args=None):
     trackers = tracking.trackers(eval_args.report_to)
     check_inputs(eval_args)
     labeler = load_callable(eval_args.labeler, "labeler") if eval_args.labeler else None
+    if eval_args.reward_fn:  # a wrong 'module:function' fails now, not after every policy has sampled
+        load_callable(eval_args.reward_fn, "reward_fn")
     prompts, pairs = load_inputs(eval_args)
 
     state = distributed_state()

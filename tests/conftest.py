@@ -72,9 +72,9 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def _run_stage(main, yaml_name: str, output: Path, overrides: list[str]) -> Path:
-    if not output.exists():
+    if not output.exists() or not any(output.iterdir()):  # an empty folder is what a killed run may leave
         main(["--config", str(RECIPE / yaml_name), *overrides])
-    assert output.exists(), f"stage {yaml_name} did not write {output}"
+    assert output.exists() and any(output.iterdir()), f"stage {yaml_name} did not write {output}"
     return output
 
 

@@ -253,3 +253,16 @@ def test_a_reward_function_replaces_the_reward_model_and_both_is_an_error(tmp_pa
         EvalArguments(
             run_dir=str(tmp_path), reward_fn="data_prep.task:labeler_scores", reward_model_path="rm"
         )
+
+
+def test_a_wrong_reward_fn_fails_before_any_policy_samples(tmp_path, tiny_data, tiny_sft, monkeypatch):
+    import pipeline.evaluate as evaluate
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the policies sampled before the reward function was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_policies", no_sampling)
+    argv = eval_argv(tmp_path, tiny_data, tiny_sft, tiny_sft, tiny_sft, "--reward_model_path", "null",
+                     "--reward_fn", "data_prep.task:no_such_function")  # fmt: skip
+    with pytest.raises(UserError, match="no_such_function"):
+        evaluate.main(argv)
