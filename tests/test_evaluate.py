@@ -185,6 +185,11 @@ def test_leaderboard_puts_every_policy_on_the_same_prompts(
     result = main(eval_argv(run, tiny_data, tiny_sft, tiny_reward, tiny_grpo, "--num_prompts", "8",
                             "--num_pairs", "8", "--alternatives", "grpo"))  # fmt: skip
     assert list(result["policies"]) == ["sft", "ppo", "grpo"]
+    # A damaged alternative is named before anything samples.
+    weights = run / "rloo" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match="adapter_model.safetensors"):
+        main(eval_argv(run, tiny_data, tiny_sft, tiny_reward, tiny_grpo, "--num_prompts", "8"))
 
 
 @pytest.mark.multiprocess
