@@ -340,7 +340,7 @@ def test_dpo_in_two_processes_ends_with_identical_weights(tiny_sft, tiny_data, t
         "    def on_train_end(self, args, state, control, model=None, **kwargs):\n"
         "        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}\n"
         "        save_file(weights, sys.argv[-1] + f'.rank{args.process_index}')\n"
-        "        print('WORLD', args.world_size)\n"
+        "        sys.stdout.write(f'WORLD {args.world_size}\\n')  # one write: ranks share the pipe\n"
         "main(sys.argv[1:-1], callbacks=[Dump()])\n"
     )
     out = tmp_path / "dpo"

@@ -245,7 +245,7 @@ def test_two_processes_end_with_identical_weights(tiny_sft, tiny_data, tmp_path)
         "from pipeline.ppo.checkpoint import trainable_state\n"
         "t = main(sys.argv[1:-1])\n"
         "save_file(trainable_state(t.accelerator.unwrap_model(t.model)), sys.argv[-1] + f'.rank{t.accelerator.process_index}')\n"
-        "print('WORLD', t.accelerator.num_processes)\n"
+        "sys.stdout.write(f'WORLD {t.accelerator.num_processes}\\n')  # one write: ranks share the pipe\n"
     )
     out = tmp_path / "ddp"
     args = ppo_args(tiny_sft, tiny_data, out, "--total_episodes", "16", "--per_device_train_batch_size", "2",
