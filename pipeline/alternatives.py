@@ -151,25 +151,14 @@ def reward_function(script_args: OnlineScriptArguments, model_args, tokenizer, d
     return ScoredReward(scorer, [tokenizer.eos_token_id], script_args.missing_eos_penalty, name)
 
 
-def load_prompts(path: str | None):
-    from datasets import Dataset, load_from_disk
-
-    if path is None or not Path(path).exists():
-        raise UserError(f"Prompts {path} do not exist. Build them first (make data) or set prompts_path.")
-    data = load_from_disk(path)
-    if not isinstance(data, Dataset) or "prompt" not in data.column_names:
-        found = data.column_names if isinstance(data, Dataset) else f"splits {list(data)}"
-        raise UserError(f"Prompts {path} must be one Dataset with a 'prompt' column; found {found}.")
-    return data.select_columns(["prompt"])
-
-
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def train_policy(stage: str, config_types, args, build_trainer, callbacks=None, check_config=None) -> dict:
-    """Parse the config (and `check_config(script_args, training_args)` it), start the run, build the TRL trainer
-    with `build_trainer(script_args, training_args, model_args, model, tokenizer, callbacks) -> (trainer, context)`,
-    train inside `context` (resuming when asked), save the policy; returns the metrics."""
+def train_policy(stage: str, config_types, args, load_data, build_trainer, callbacks=None) -> dict:
+    """Parse the config, read and check the data with `load_data(script_args, training_args)` before anything is
+    written or loaded, start the run, build the TRL trainer with `build_trainer(script_args, training_args,
+    model_args, model, tokenizer, data, callbacks) -> (trainer, context)`, train inside `context` (resuming when
+    asked), save the policy; returns the metrics."""
 
     from pipeline.config import parse_config
     from pipeline.outputs import checkpoints_dir, resolve_resume, run_identity
@@ -177,8 +166,7 @@ def train_policy(stage: str, config_types, args, build_trainer, callbacks=None, 
     from pipeline.training import StopOnNonFinite, begin_run, report_engine
 
     script_args, training_args, model_args = parse_config(config_types, args)
-    if check_config is not None:
-        check_config(script_args, training_args)
+    data = load_data(script_args, training_args)
     identity = run_identity(stage, (script_args, training_args, model_args))
     tracker = TrackerCallback(stage, training_args.output_dir, training_args, script_args, model_args)
     final_dir = Path(training_args.output_dir)
@@ -187,7 +175,7 @@ def train_policy(stage: str, config_types, args, build_trainer, callbacks=None, 
     model, tokenizer, start = load_start_model(model_args, training_args.trust_remote_code)
     training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
     trainer, context = build_trainer(
-        script_args, training_args, model_args, model, tokenizer,
+        script_args, training_args, model_args, model, tokenizer, data,
         [*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
     )  # fmt: skip
     report_engine(trainer.accelerator)
@@ -233,12 +221,15 @@ def train_online(stage: str, trainer_class, config_types, args, callbacks=None) 
     from pipeline.sampling import generation_config, our_config_only
     from pipeline.training import peft_config
 
-    def check(script_args, training_args):
-        check_on_policy(training_args, stage.upper())
-        load_prompts(script_args.prompts_path)
+    def load_data(script_args, training_args):
+        from datasets import Dataset
 
-    def build(script_args, training_args, model_args, model, tokenizer, all_callbacks):
-        prompts = load_prompts(script_args.prompts_path)
+        from pipeline.sampling import load_prompts
+
+        check_on_policy(training_args, stage.upper())
+        return Dataset.from_dict({"prompt": load_prompts(script_args.prompts_path, "prompt")})
+
+    def build(script_args, training_args, model_args, model, tokenizer, prompts, all_callbacks):
         reward = reward_function(script_args, model_args, tokenizer, training_args.device,
                                  training_args.trust_remote_code)  # fmt: skip
         trainer = trainer_class(model=model, reward_funcs=[reward], args=training_args, train_dataset=prompts,
@@ -251,4 +242,4 @@ def train_online(stage: str, trainer_class, config_types, args, callbacks=None) 
         neutral = generation_config(training_args.max_completion_length, training_args.temperature, tokenizer)
         return trainer, our_config_only(model, neutral)
 
-    return train_policy(stage, config_types, args, build, callbacks, check)
+    return train_policy(stage, config_types, args, load_data, build, callbacks)

@@ -42,16 +42,19 @@ def main(args=None, callbacks=None) -> dict:
     from pipeline.reward import load_pair_splits
     from pipeline.training import peft_config
 
-    def build(script_args, training_args, model_args, model, tokenizer, all_callbacks):
-        train, held_out = load_pair_splits(script_args)
+    def load_data(script_args, training_args):
         columns = ["prompt", "chosen", "rejected"]
-        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train.select_columns(columns),
-                             eval_dataset=None if held_out is None else held_out.select_columns(columns),
+        train, held_out = load_pair_splits(script_args)
+        return train.select_columns(columns), None if held_out is None else held_out.select_columns(columns)
+
+    def build(script_args, training_args, model_args, model, tokenizer, pairs, all_callbacks):
+        train, held_out = pairs
+        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=held_out,
                              processing_class=tokenizer, peft_config=peft_config(model_args),
                              callbacks=all_callbacks)  # fmt: skip
         return trainer, contextlib.nullcontext()
 
-    return train_policy("dpo", CONFIG_TYPES, args, build, callbacks)
+    return train_policy("dpo", CONFIG_TYPES, args, load_data, build, callbacks)
 
 
 if __name__ == "__main__":

@@ -459,8 +459,9 @@ def main(args=None):
     state = distributed_state()
     seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
     policies = policy_paths(eval_args)
-    for path in policies.values():  # the alternatives found in the run, whole (check_inputs did PPO's)
-        check_model_dir(path)
+    for stage in eval_args.alternatives:  # the alternatives found in the run, whole (check_inputs did PPO's)
+        if stage in policies:
+            check_model_dir(policies[stage])
     with state.split_between_processes(prompts, apply_padding=True) as shard:
         records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed, policies)
     scorer = (

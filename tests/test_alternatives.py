@@ -4,9 +4,6 @@ through our scorer, on-policy sampling whatever the model's generation_config sa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -329,36 +326,17 @@ def test_an_sft_adapter_without_its_merged_model_is_a_clear_error(tiny_sft, tiny
 
 
 @pytest.mark.multiprocess
-def test_dpo_in_two_processes_ends_with_identical_weights(tiny_sft, tiny_data, tmp_path):
-    script = tmp_path / "run_dpo.py"
-    script.write_text(
-        "import sys\n"
-        "from safetensors.torch import save_file\n"
-        "from transformers import TrainerCallback\n"
-        "from pipeline.dpo import main\n"
-        "class Dump(TrainerCallback):\n"
-        "    def on_train_end(self, args, state, control, model=None, **kwargs):\n"
-        "        weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}\n"
-        "        save_file(weights, sys.argv[-1] + f'.rank{args.process_index}')\n"
-        "        sys.stdout.write(f'WORLD {args.world_size}\\n')  # one write: ranks share the pipe\n"
-        "main(sys.argv[1:-1], callbacks=[Dump()])\n"
-    )
-    out = tmp_path / "dpo"
-    args = dpo_args(tiny_sft, tiny_data, out, "--max_steps", "4", "--per_device_train_batch_size", "8",
-                    "--eval_strategy", "no")  # fmt: skip
-    dump = str(tmp_path / "weights")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), *args, dump],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("WORLD 2") == 2
-    from safetensors.torch import load_file
+def test_dpo_in_two_processes_shards_the_pairs_and_ends_with_identical_weights(tiny_sft, tiny_data, tmp_path):
+    """The rank probe of the SFT and reward stages' two-process tests (tests/rank_probe.py): each rank draws its own
+    pairs, both take the same steps and end on the same, moved, LoRA weights; the policy is saved once, merged."""
+    from datasets import load_from_disk
 
-    w0, w1 = load_file(dump + ".rank0"), load_file(dump + ".rank1")
-    assert w0.keys() == w1.keys() and any("lora_B" in k for k in w0)
-    for k in w0:
-        torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
-    assert any(w0[k].abs().sum() > 0 for k in w0 if "lora_B" in k)  # trained: LoRA B starts at zero
+    from tests.test_multiprocess import assert_data_parallel, launch_two_ranks, read_ranks
+
+    out, probe = tmp_path / "dpo", tmp_path / "probe"
+    overrides = dpo_args(tiny_sft, tiny_data, out, "--max_steps", "4", "--per_device_train_batch_size", "8",
+                         "--eval_strategy", "no")[2:]  # fmt: skip
+    launch_two_ranks("pipeline.dpo", "dpo.yaml", overrides, probe)
+    pairs = load_from_disk(str(tiny_data / "preference"))["train"]
+    assert_data_parallel(read_ranks(probe), len(pairs), 8)
     assert (out / "merged" / "config.json").is_file()

@@ -32,6 +32,7 @@ from pipeline.ppo.timing import PHASES, PhaseTimer
 from pipeline.sampling import (
     generate,
     generation_config,
+    load_prompts,
     response_logits,
     response_logprobs,
     sampled_logits,
@@ -41,24 +42,6 @@ from pipeline.sampling import (
 )
 from pipeline.scoring import RewardScorer
 from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
-
-
-def load_prompts(path: str | None, field: str) -> list[str]:
-    from datasets import load_from_disk
-
-    if path is None:
-        return []
-    if not Path(path).exists():
-        raise UserError(f"Prompt data set {path} does not exist. Run the data stage (make data) first.")
-    data = load_from_disk(path)
-    if hasattr(data, "keys"):  # a DatasetDict: take its train split
-        data = data["train"]
-    if field not in data.column_names:
-        raise UserError(f"{path} has no '{field}' column (columns: {data.column_names}); set prompt_field.")
-    prompts = list(data[field])
-    if not prompts:
-        raise UserError(f"{path} holds no prompts.")
-    return prompts
 
 
 class PPOTrainer:
