@@ -163,7 +163,7 @@ def train_policy(stage: str, config_types, args, load_data, build_trainer, callb
     from pipeline.config import parse_config
     from pipeline.outputs import checkpoints_dir, resolve_resume, run_identity
     from pipeline.tracking import TrackerCallback
-    from pipeline.training import StopOnNonFinite, begin_run, report_engine
+    from pipeline.training import StopOnNonFinite, begin_run, finish_training, report_engine, save_policy
 
     script_args, training_args, model_args = parse_config(config_types, args)
     data = load_data(script_args, training_args)
@@ -183,37 +183,20 @@ def train_policy(stage: str, config_types, args, load_data, build_trainer, callb
         train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     metrics = {**train_result.metrics, "start_model": start,
                "resumed_from_checkpoint": None if resume is None else str(resume)}  # fmt: skip
-    finish(trainer, tokenizer, final_dir, identity, script_args, model_args, metrics)
+    save_policy(trainer, tokenizer, final_dir, identity, script_args.merge_adapter, model_args, metrics,
+                write_extra=lambda folder: write_log(trainer, folder))  # fmt: skip
     tracker.finish()
-    return metrics
-
-
-def finish(
-    trainer, tokenizer, final_dir: Path, identity: dict, script_args, model_args, metrics: dict
-) -> None:
-    """Checks, then the adapter (or model), tokenizer, merged model, metrics and run record, published at once."""
-    from pipeline.outputs import staging_dir, write_run
-    from pipeline.sft import finish_sft_artifact
-    from pipeline.training import check_finite_weights, finish_training, save_trained_weights
-
-    check_finite_weights(trainer)
-    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
-    save_trained_weights(trainer, tmp)
-    if trainer.is_world_process_zero():
-        write_run(tmp, identity)
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for entry in trainer.state.log_history:
-                f.write(json.dumps({"step": entry.get("step"), **entry}) + "\n")
-        remote_code = trainer.args.trust_remote_code
-        finish_sft_artifact(
-            tmp, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics
-        )
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub()
     finish_training(trainer, final_dir, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
         print(f"Saved to {final_dir}")
+    return metrics
+
+
+def write_log(trainer, folder: Path) -> None:
+    """TRL's log (every logged step's metrics, the evaluations) as `metrics.jsonl`, one JSON line per entry."""
+    with open(folder / "metrics.jsonl", "w") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps({"step": entry.get("step"), **entry}) + "\n")
 
 
 def train_online(stage: str, trainer_class, config_types, args, callbacks=None) -> dict:

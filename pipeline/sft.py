@@ -15,7 +15,6 @@ Full fine-tuning writes a plain model at the root. Checkpoints go to `<output_di
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +23,8 @@ from trl import SFTConfig
 from pipeline.config import UserError, parse_config, required, run_main
 from pipeline.outputs import (
     checkpoints_dir,
-    publish,
     resolve_resume,
     run_identity,
-    staging_dir,
-    write_run,
 )
 from pipeline.tracking import TrackerCallback
 from pipeline.training import (
@@ -36,13 +32,12 @@ from pipeline.training import (
     RunOutputArguments,
     StopOnNonFinite,
     begin_run,
-    check_finite_weights,
     check_quantized_needs_peft,
     count_tokens,
     finish_training,
     peft_config,
     report_engine,
-    save_trained_weights,
+    save_policy,
     tokens_per_second,
 )
 
@@ -157,17 +152,7 @@ def main(args=None, callbacks=None):
     if eval_data is not None:
         metrics.update(trainer.evaluate())
 
-    check_finite_weights(trainer)
-    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
-    save_trained_weights(trainer, tmp)
-    if trainer.is_world_process_zero():
-        write_run(tmp, identity)
-        finish_sft_artifact(
-            tmp, tokenizer, final_dir, model_args, script_args.merge_adapter, remote_code, metrics
-        )
-    trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
+    save_policy(trainer, tokenizer, final_dir, identity, script_args.merge_adapter, model_args, metrics)
     tracker.finish()
     finish_training(trainer, final_dir, script_args.keep_checkpoints)
     if trainer.is_world_process_zero():
@@ -176,24 +161,6 @@ def main(args=None, callbacks=None):
             print(f"Held-out completion loss: base {base:.3f} -> SFT {tuned:.3f}")
         print(f"Saved to {final_dir}")
     return metrics
-
-
-def finish_sft_artifact(
-    tmp: Path, tokenizer, final_dir: Path, model_args, merge: bool, remote_code: bool, metrics: dict
-) -> None:
-    """Next to the saved adapter (or full model) in `tmp`: tokenizer, optionally a merged plain model, metrics;
-    then `tmp` is renamed to `final_dir`."""
-    from transformers import AutoModelForCausalLM
-
-    from pipeline.models import merge_adapter
-
-    tokenizer.save_pretrained(tmp)
-    if merge and model_args.use_peft:
-        merged = merge_adapter(AutoModelForCausalLM, tmp, model_args, remote_code)
-        merged.save_pretrained(tmp / "merged")
-        tokenizer.save_pretrained(tmp / "merged")
-    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    publish(tmp, final_dir)
 
 
 if __name__ == "__main__":

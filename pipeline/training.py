@@ -1,7 +1,7 @@
-"""Plumbing shared by the Trainer-based stages (SFT, reward): LoRA defaults, the adapter's record of its base
-revision, the final save and the end of a distributed run.
+"""Plumbing shared by the Trainer-based stages (SFT, reward, and GRPO / RLOO / DPO): LoRA defaults, the adapter's
+record of its base revision, the final save and the end of a distributed run.
 
-Both stages train with a TRL trainer whose `output_dir` is the run's checkpoint folder next to the final artifact
+These stages train with a TRL trainer whose `output_dir` is the run's checkpoint folder next to the final artifact
 (`pipeline.outputs`: `runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and
 renamed into place at the very end.
 """
@@ -85,6 +85,40 @@ def save_trained_weights(trainer, directory: Path) -> None:
     if trainer.is_world_process_zero():
         (directory / "training_args.bin").unlink(missing_ok=True)  # pickled; nothing downstream needs it
     local_loading_from_now_on()
+
+
+def save_policy(trainer, tokenizer, final_dir: Path, identity: dict, merge: bool, model_args, metrics: dict,
+                write_extra=None) -> None:  # fmt: skip
+    """The end of a causal-LM stage (SFT, GRPO, RLOO, DPO). Call it on EVERY rank.
+
+    Stops on non-finite weights, then the main process fills a staging folder: the adapter (or full model), the
+    run record, `write_extra(folder)`'s files, the tokenizer, with `merge` a plain merged model in `merged/`, and
+    `eval_results.json` (`metrics`); the folder becomes `final_dir` in one rename. Then a push, when asked.
+    """
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models import merge_adapter
+    from pipeline.outputs import publish, staging_dir, write_run
+
+    check_finite_weights(trainer)
+    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
+    save_trained_weights(trainer, tmp)
+    if trainer.is_world_process_zero():
+        write_run(tmp, identity)
+        if write_extra is not None:
+            write_extra(tmp)
+        tokenizer.save_pretrained(tmp)
+        if merge and model_args.use_peft:
+            merged = merge_adapter(AutoModelForCausalLM, tmp, model_args, trainer.args.trust_remote_code)
+            merged.save_pretrained(tmp / "merged")
+            tokenizer.save_pretrained(tmp / "merged")
+        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        publish(tmp, final_dir)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
 
 
 def local_loading_from_now_on() -> None:
