@@ -5,7 +5,8 @@ byte-level BPE tokenizer trained on the recipe's corpus and a small Llama traine
 `transformers.Trainer`, saved with `save_pretrained` so every later stage loads it exactly like a hub model.
 The corpus is `runs/<recipe>/data/pretrain` (a `text` column): the built-in task's own pretraining dialogues for
 recipes/tiny; for a recipe of your own data, its train texts (data.yaml `pretrain_corpus: true`), so the base
-knows your task's language before you rent a GPU.
+knows your task's language before you rent a GPU. Texts are packed into rows of `max_length` tokens (TRL's
+`pack_dataset`), each attending only to itself, so no step computes padding (`packing: false` pads one text a row).
 
     python -m pipeline.base --config recipes/tiny/base.yaml
     python -m pipeline.base --config recipes/custom-example/base.yaml
@@ -52,6 +53,14 @@ class BaseModelArguments:
     max_length: int = field(default=128, metadata={"help": "training sequence length (longer texts are cut)"})
     eval_fraction: float = field(
         default=0.05, metadata={"help": "held-out share of the corpus for eval loss"}
+    )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "pack whole texts into rows of max_length tokens (TRL's best-fit-decreasing pack_dataset), "
+            "each text attending only to itself (position ids restart per text): the loss of unpacked "
+            "training without the padding; per_device_train_batch_size then counts rows, not texts"
+        },
     )
     split_digits: bool = field(
         default=False,
@@ -120,6 +129,9 @@ def build_model(args: BaseModelArguments, tokenizer, seed: int):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        # No KV cache while training: besides being useless there, a cache turns off transformers' detection of
+        # packed texts, and each text would attend to the ones before it in its row.
+        use_cache=False,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -143,17 +155,29 @@ def main(args=None):
 
     tokenized = corpus.map(tokenize, batched=True, remove_columns=corpus.column_names)
     splits = tokenized.train_test_split(test_size=model_args.eval_fraction, seed=training_args.seed)
+    texts = len(splits["train"])
+    if model_args.packing:
+        from trl import pack_dataset
+
+        splits = pack_dataset(splits.remove_columns("attention_mask"), model_args.max_length, strategy="bfd")
+        collator = PackedCollator(tokenizer.pad_token_id)
+        # The collator needs seq_lengths, which forward() does not take.
+        training_args.remove_unused_columns = False
+    else:
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
     model = build_model(model_args, tokenizer, training_args.seed)
+    rows = f" packed into {len(splits['train'])} rows of up to {model_args.max_length} tokens"
     print(
-        f"Pretraining a {model.num_parameters() / 1e6:.2f}M-parameter Llama on {len(splits['train'])} texts."
+        f"Pretraining a {model.num_parameters() / 1e6:.2f}M-parameter Llama on {texts} texts"
+        f"{rows if model_args.packing else ''}."
     )
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=splits["train"],
         eval_dataset=splits["test"],
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[tracker],
     )
@@ -177,6 +201,38 @@ def main(args=None):
         f"saved to {training_args.output_dir}"
     )
     return metrics
+
+
+class PackedCollator:
+    """Rows of packed texts (`input_ids`, `seq_lengths` from TRL's pack_dataset) -> a padded batch without an
+    attention mask: position ids restart at 0 for every text, which transformers' mask builder reads as one
+    causal block per text (sdpa and eager alike). Each text's first token is not a target, so no text is predicted
+    from the one before it: the loss equals that of the texts trained one by one. Row tails are padding, given
+    their own positions and no loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        width = max(len(row["input_ids"]) for row in rows)
+        input_ids, position_ids, labels = [], [], []
+        for row in rows:
+            ids, tail = list(row["input_ids"]), width - len(row["input_ids"])
+            positions, targets, start = [], list(ids), 0
+            for length in row["seq_lengths"]:
+                positions += range(length)
+                targets[start] = -100
+                start += length
+            input_ids.append(ids + [self.pad_token_id] * tail)
+            position_ids.append(positions + list(range(tail)))
+            labels.append(targets + [-100] * tail)
+        return {
+            "input_ids": torch.tensor(input_ids),
+            "position_ids": torch.tensor(position_ids),
+            "labels": torch.tensor(labels),
+        }
 
 
 def save_atomically(trainer, tokenizer, output_dir: str, metrics: dict) -> None:

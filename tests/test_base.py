@@ -89,3 +89,44 @@ def test_split_digits_gives_every_digit_its_own_token():
     assert split.decode(ids) == " 3000 grams"
     merged = train_tokenizer(texts, vocab_size=300, max_length=64)
     assert len(merged(" 3000 grams")["input_ids"]) < len(ids)
+
+
+def test_packed_rows_train_on_the_same_loss_as_the_texts_one_by_one():
+    """Packing (the default) must change the cost, not the objective: each text in a packed row attends only to
+    itself from position 0 and is never predicted from the text before it, so the packed batch's logits and loss
+    equal those of the same texts padded one per row."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+    from trl import pack_dataset
+
+    from pipeline.base import BaseModelArguments, PackedCollator, build_model
+
+    texts = [f"\n\nHuman: Tell me about {t}.\n\nAssistant: {t.capitalize()} are nice." + " Thanks." * n
+             for n, t in enumerate(["cats", "dogs", "boats", "rocks", "songs", "hats", "cars"])]  # fmt: skip
+    tok = train_tokenizer(texts * 20, vocab_size=300, max_length=64)
+    model = build_model(BaseModelArguments(corpus_path="-", num_hidden_layers=2), tok, seed=0).eval()
+    one_by_one = Dataset.from_dict(tok([t + tok.eos_token for t in texts]))
+    lengths = [len(ids) for ids in one_by_one["input_ids"]]
+    packed = pack_dataset(
+        one_by_one.remove_columns("attention_mask"), max(lengths) + min(lengths), strategy="bfd"
+    )
+    assert len(packed) < len(texts) and max(len(r) for r in packed["seq_lengths"]) > 1  # really packed
+    assert sorted(n for row in packed["seq_lengths"] for n in row) == sorted(lengths)  # nothing cut
+
+    padded = DataCollatorForLanguageModeling(tok, mlm=False)(list(one_by_one))
+    rows = PackedCollator(tok.pad_token_id)(list(packed))
+    assert "attention_mask" not in rows
+    with torch.no_grad():
+        solo, together = model(**padded), model(**rows)
+    assert together.loss.item() == pytest.approx(solo.loss.item(), rel=1e-5)
+    # Logits text by text: nothing leaks across a text boundary (a bug in the positions or the mask would).
+    solo_logits = {tuple(ids): solo.logits[i, : len(ids)] for i, ids in enumerate(one_by_one["input_ids"])}
+    for r, row in enumerate(packed):
+        start = 0
+        for length in row["seq_lengths"]:
+            ids = tuple(row["input_ids"][start : start + length])
+            torch.testing.assert_close(
+                together.logits[r, start : start + length], solo_logits[ids], atol=1e-4, rtol=0
+            )
+            start += length
