@@ -23,6 +23,7 @@ from transformers import TrainingArguments
 
 from pipeline.config import UserError, parse_config, required, run_main
 from pipeline.outputs import publish, staging_dir
+from pipeline.packing import PackedCollator
 from pipeline.tracking import TrackerCallback
 
 # HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
@@ -201,38 +202,6 @@ def main(args=None):
         f"saved to {training_args.output_dir}"
     )
     return metrics
-
-
-class PackedCollator:
-    """Rows of packed texts (`input_ids`, `seq_lengths` from TRL's pack_dataset) -> a padded batch without an
-    attention mask: position ids restart at 0 for every text, which transformers' mask builder reads as one
-    causal block per text (sdpa and eager alike). Each text's first token is not a target, so no text is predicted
-    from the one before it: the loss equals that of the texts trained one by one. Row tails are padding, given
-    their own positions and no loss."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict]) -> dict:
-        import torch
-
-        width = max(len(row["input_ids"]) for row in rows)
-        input_ids, position_ids, labels = [], [], []
-        for row in rows:
-            ids, tail = list(row["input_ids"]), width - len(row["input_ids"])
-            positions, targets, start = [], list(ids), 0
-            for length in row["seq_lengths"]:
-                positions += range(length)
-                targets[start] = -100
-                start += length
-            input_ids.append(ids + [self.pad_token_id] * tail)
-            position_ids.append(positions + list(range(tail)))
-            labels.append(targets + [-100] * tail)
-        return {
-            "input_ids": torch.tensor(input_ids),
-            "position_ids": torch.tensor(position_ids),
-            "labels": torch.tensor(labels),
-        }
 
 
 def save_atomically(trainer, tokenizer, output_dir: str, metrics: dict) -> None:

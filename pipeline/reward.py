@@ -77,6 +77,12 @@ class RewardScriptArguments(RunOutputArguments):
         metadata={"help": "InstructGPT's ranking loss: all pairs of a prompt in one batch element, each answer "
                   "scored once (pipeline.ranking); per_device_train_batch_size then counts prompts"},
     )  # fmt: skip
+    packing: bool = field(
+        default=False,
+        metadata={"help": "pack each batch's chosen and rejected texts into rows of max_length tokens, each text "
+                  "attending only to itself (pipeline.packing): the padded batch's loss and gradients without the "
+                  "padding; the first batch is checked against unpacked scoring"},
+    )  # fmt: skip
 
 
 @dataclass
@@ -158,6 +164,10 @@ def main(args=None, callbacks=None):
     tracker = TrackerCallback("reward", training_args.output_dir, training_args, script_args, model_args)
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
+    if script_args.packing and script_args.grouped:
+        raise UserError(
+            "packing and grouped are two ways to batch the reward model's texts: set one of them."
+        )
     train_data, eval_data = load_pair_splits(script_args)
 
     remote_code = training_args.trust_remote_code
@@ -192,9 +202,14 @@ def main(args=None, callbacks=None):
     if script_args.grouped:
         trainer = grouped_trainer(model, training_args, model_args, train_data, tokenizer, callbacks)
     else:
-        trainer = RewardTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
-                                processing_class=tokenizer, peft_config=peft_config(model_args),
-                                callbacks=callbacks)  # fmt: skip
+        trainer_class, extra = RewardTrainer, {}
+        if script_args.packing:
+            from pipeline.packing import PackedRewardTrainer
+
+            trainer_class, extra = PackedRewardTrainer, {"pack_width": training_args.max_length or 1024}
+        trainer = trainer_class(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                                processing_class=tokenizer, peft_config=peft_config(model_args), callbacks=callbacks,
+                                **extra)  # fmt: skip
     report_engine(trainer.accelerator)
     train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     metrics = dict(train_result.metrics)

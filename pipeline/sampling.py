@@ -175,12 +175,22 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logits(
-    lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, **kwargs
+    lm,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    packed: bool = False,
+    **kwargs,
 ):
     """The model output whose `.logits` (B, R, V) predict each of the last `response_length` tokens.
 
     Positions count real tokens only (left padding would shift learned absolute positions, as in GPT-2), and the
-    vocabulary projection is computed for the response positions alone (`logits_to_keep`)."""
+    vocabulary projection is computed for the response positions alone (`logits_to_keep`). `packed`: the same
+    outputs from the batch's real tokens packed into rows, no padding computed (`pipeline.packing`)."""
+    if packed:
+        from pipeline.packing import packed_response_logits
+
+        return packed_response_logits(lm, input_ids, attention_mask, response_length, **kwargs)
     out = lm(
         input_ids=input_ids,
         attention_mask=attention_mask,

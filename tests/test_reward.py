@@ -223,7 +223,7 @@ def test_grouped_ranking_loss_trains_a_plain_reward_model(tiny_base, tiny_data, 
     out = tmp_path / "grouped"
     metrics = main([
         "--config", str(RECIPE), "--model_name_or_path", str(tiny_base),
-        "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(out), "--grouped", "true",
+        "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(out), "--grouped", "true", "--packing", "false",
         "--per_device_train_batch_size", "8", "--max_steps", "40", "--logging_steps", "10",
         "--disable_tqdm", "true",
     ], callbacks=[Losses()])  # fmt: skip
@@ -231,3 +231,35 @@ def test_grouped_ranking_loss_trains_a_plain_reward_model(tiny_base, tiny_data, 
     assert metrics["eval_accuracy"] > 0.55, metrics  # 40 steps of 8 prompts; chance is 0.5
     model = AutoModelForSequenceClassification.from_pretrained(out)  # plain: the adapter is merged in
     assert model.config.num_labels == 1 and not (out / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_packed_reward_stage_logs_the_padded_stages_losses(tiny_base, tiny_data, tmp_path):
+    """Through the stage (TRL's RewardTrainer, its metrics and checkpoints): packing on and off give the same
+    losses step by step and the same held-out accuracy, to float rounding."""
+    from pipeline.reward import main
+
+    def run(packing: str):
+        logged = []
+
+        class Losses(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    logged.append((logs["loss"], logs["accuracy"]))
+
+        metrics = main([
+            "--config", str(RECIPE), "--model_name_or_path", str(tiny_base),
+            "--dataset_path", str(tiny_data / "preference"), "--output_dir", str(tmp_path / packing),
+            "--packing", packing, "--max_steps", "12", "--logging_steps", "3", "--disable_tqdm", "true",
+        ], callbacks=[Losses()])  # fmt: skip
+        return logged, metrics
+
+    padded, padded_metrics = run("false")
+    packed, packed_metrics = run("true")
+    assert len(packed) == len(padded) == 4
+    for (loss, accuracy), (want_loss, want_accuracy) in zip(packed, padded):
+        assert loss == pytest.approx(want_loss, rel=1e-3) and accuracy == pytest.approx(
+            want_accuracy, abs=1e-6
+        )
+    assert packed[-1][0] < packed[0][0]  # and it learns
+    assert packed_metrics["eval_accuracy"] == pytest.approx(padded_metrics["eval_accuracy"], abs=0.01)

@@ -110,6 +110,15 @@ class PPOConfig(TrainingArguments):
             "model's adapter when they share a base"
         },
     )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "forward passes (rollout, reference, PPO epochs) on each batch's real tokens packed into rows, "
+            "each text attending only to itself (pipeline.packing): the padded batch's outputs without computing "
+            "its padding; every position gets logits, so it pays for short answers and small vocabularies, not "
+            "for long prompts under a large vocabulary. Checked against the padded forward on the first batch"
+        },
+    )
     # --- budget and batching -------------------------------------------------------------------------------
     total_episodes: int | None = field(
         default=None,

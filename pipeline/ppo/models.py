@@ -46,6 +46,7 @@ class PolicyWithValueHead(nn.Module):
         self.value_adapter = value_adapter
         self.ref_adapter = ref_adapter
         self.trainable_adapters = [POLICY, VALUE] if value_adapter else [POLICY]
+        self.packing = False  # forward on the batch's real tokens packed into rows (PPOConfig.packing)
 
     def generate(self, **kwargs) -> torch.Tensor:
         """Sample from the LM head. A method of the root module, not a call to `self.lm.generate`, so that under
@@ -133,7 +134,7 @@ class PolicyWithValueHead(nn.Module):
         with_values: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits predicting each response token and the value of the state before it: (B, R, V), (B, R)."""
-        out = response_logits(self.lm, input_ids, attention_mask, response_length,
+        out = response_logits(self.lm, input_ids, attention_mask, response_length, packed=self.packing,
                               output_hidden_states=with_values and not self.value_adapter)  # fmt: skip
         logits = out.logits
         if not with_values:

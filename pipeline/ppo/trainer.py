@@ -25,6 +25,7 @@ from pipeline import outputs, tracking
 from pipeline.config import NonFiniteError, UserError
 from pipeline.health import CollapseWatch
 from pipeline.models import load_callable, load_tokenizer
+from pipeline.packing import check_packed_responses
 from pipeline.ppo import core, distributed
 from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.ppo.models import POLICY, VALUE, load_policy
@@ -98,6 +99,8 @@ class PPOTrainer:
             self.num_steps = max(1, math.ceil(total / self.batch_size))
 
         self.model, self.ref_model = load_policy(args, model_args)
+        self.model.packing = args.packing
+        self.packing_checked = not args.packing
         self.scorer = RewardScorer(
             args.reward_model_path, args.reward_fn, model_args, acc.device,
             args.local_rollout_forward_batch_size, args.trust_remote_code,
@@ -171,12 +174,22 @@ class PPOTrainer:
     def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
         R = responses.shape[1]
         if self.ref_model is not None:  # full fine-tuning: the frozen copy of the SFT model
-            logits = response_logits(self.ref_model, input_ids, attention_mask, R).logits
+            logits = response_logits(
+                self.ref_model, input_ids, attention_mask, R, packed=self.args.packing
+            ).logits
         else:  # LoRA: the same base with the reference adapter (or no adapter)
             model = self.accelerator.unwrap_model(self.model)
             with model.reference():
                 logits, _ = model(input_ids, attention_mask, R, with_values=False)
         return self._logprobs(logits, responses)
+
+    @staticmethod
+    def _policy_logits(model, input_ids, attention_mask, response_length: int, packed: bool) -> torch.Tensor:
+        model.packing = packed
+        try:
+            return model(input_ids, attention_mask, response_length, with_values=False)[0]
+        finally:
+            model.packing = True
 
     # --- one PPO step -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -198,6 +211,19 @@ class PPOTrainer:
         R, chunk = responses.shape[1], args.local_rollout_forward_batch_size
         logprobs, ref_logprobs, values = [], [], []
         model = acc.unwrap_model(self.model)
+        if not self.packing_checked:  # once, before anything is computed packed
+            self.packing_checked = True
+            first = slice(0, chunk)
+
+            def first_logits(packed: bool) -> torch.Tensor:
+                return self._policy_logits(model, input_ids[first], attention_mask[first], R, packed)
+
+            if not check_packed_responses(first_logits, mask[first]):
+                model.packing = args.packing = False
+                if acc.is_main_process:
+                    print("packing: this model's attention does not keep packed texts apart (its logits change with "
+                          "the text before them); PPO runs padded. Set packing: false to skip this check.",
+                          flush=True)  # fmt: skip
         for i in range(0, len(prompts), chunk):
             sl = slice(i, i + chunk)
             with timer.phase("forward"):

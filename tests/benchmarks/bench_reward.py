@@ -23,9 +23,9 @@ from tests.benchmarks.common import BENCH_DIR, PROJECT_PYTHON, REPO, invocation,
 
 VARIANTS = {  # name -> (start model inside the run dir, extra flags)
     "pairwise": ("base", []),
-    "grouped": ("base", ["--grouped", "true", "--per_device_train_batch_size", "8"]),
+    "grouped": ("base", ["--grouped", "true", "--packing", "false", "--per_device_train_batch_size", "8"]),
     "pairwise-sft": ("sft", []),
-    "grouped-sft": ("sft", ["--grouped", "true", "--per_device_train_batch_size", "8"]),
+    "grouped-sft": ("sft", ["--grouped", "true", "--packing", "false", "--per_device_train_batch_size", "8"]),
 }
 
 
