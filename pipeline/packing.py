@@ -219,6 +219,8 @@ def packed_response_logits(lm, input_ids: torch.Tensor, attention_mask: torch.Te
 
     All positions get logits (the rows mix prompt and response tokens), so with a large vocabulary and long prompts
     the vocabulary projection can cost more than the padding saved: an option, not the default."""
+    from pipeline.sampling import position_ids_from_mask
+
     batch, width = input_ids.shape
     real = attention_mask.bool()
     lengths = real.sum(1)
@@ -232,7 +234,7 @@ def packed_response_logits(lm, input_ids: torch.Tensor, attention_mask: torch.Te
              use_cache=False, **kwargs)  # fmt: skip
     # Flat packed index of each padded (row, column): the text's start plus the column's rank among its real tokens.
     starts = packed["ends"].to(device) - lengths + 1
-    rank = attention_mask.long().cumsum(1) - 1
+    rank = position_ids_from_mask(attention_mask)  # a real token's index among its row's real tokens
     columns = slice(width - response_length - 1, width)  # the last prompt token and every response token
     flat = starts[:, None] + rank[:, columns]
     flat = torch.where(real[:, columns], flat, starts[:, None])  # after EOS: any real position will do

@@ -5,7 +5,8 @@ started from the base model or from the SFT model (an SFT adapter dir is merged 
 is -log sigmoid(r_chosen - r_rejected - margin), with the data's `margin` column when it has one
 (`use_margin: false` ignores it). Held-out pair accuracy is measured on the saved model with the scorer PPO and
 evaluation use (`pipeline.scoring`), every process scoring its share on its own device, and saved to
-`eval_results.json`.
+`eval_results.json`. `packing: true` trains on each batch's texts packed into rows, no padding computed, with the
+padded batch's rewards and gradients (`pipeline.packing`).
 
     python -m pipeline.reward --config recipes/tiny/reward.yaml
 
