@@ -174,9 +174,9 @@ class PPOTrainer:
     def _ref_logprobs(self, input_ids, attention_mask, responses) -> torch.Tensor:
         R = responses.shape[1]
         if self.ref_model is not None:  # full fine-tuning: the frozen copy of the SFT model
-            logits = response_logits(
-                self.ref_model, input_ids, attention_mask, R, packed=self.args.packing
-            ).logits
+            # Packed as the policy is (off if the first batch's check failed).
+            packed = self.accelerator.unwrap_model(self.model).packing
+            logits = response_logits(self.ref_model, input_ids, attention_mask, R, packed=packed).logits
         else:  # LoRA: the same base with the reference adapter (or no adapter)
             model = self.accelerator.unwrap_model(self.model)
             with model.reference():
@@ -185,11 +185,11 @@ class PPOTrainer:
 
     @staticmethod
     def _policy_logits(model, input_ids, attention_mask, response_length: int, packed: bool) -> torch.Tensor:
-        model.packing = packed
+        previous, model.packing = model.packing, packed
         try:
             return model(input_ids, attention_mask, response_length, with_values=False)[0]
         finally:
-            model.packing = True
+            model.packing = previous
 
     # --- one PPO step -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -219,7 +219,7 @@ class PPOTrainer:
                 return self._policy_logits(model, input_ids[first], attention_mask[first], R, packed)
 
             if not check_packed_responses(first_logits, mask[first]):
-                model.packing = args.packing = False
+                model.packing = False
                 if acc.is_main_process:
                     print("packing: this model's attention does not keep packed texts apart (its logits change with "
                           "the text before them); PPO runs padded. Set packing: false to skip this check.",
