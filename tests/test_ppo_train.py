@@ -156,6 +156,30 @@ def test_sample_tables_leave_training_unchanged(tiny_sft, tiny_data, tmp_path):
     assert_same_final_weights(tmp_path / "quiet", tmp_path / "tables")
 
 
+@pytest.mark.parametrize("packing", ["false", "true"])
+def test_reused_rollout_forward_trains_as_a_fresh_forward(tiny_sft, tiny_data, tmp_path, packing):
+    """The first micro-batch's forward, run in the rollout with grad and reused by the first PPO epoch, trains as
+    a second forward would: the same samples (the RNG stream is unchanged), the same weights to float precision,
+    and the reused rows' ratio exactly 1 (their old log-probs are that very forward's)."""
+    from pipeline.ppo import main
+
+    small = ["--total_episodes", "24", "--per_device_train_batch_size", "4", "--num_mini_batches", "2",
+             "--num_ppo_epochs", "2", "--response_length", "16", "--packing", packing]  # fmt: skip
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "fresh", *small, "--reuse_rollout_forward", "false"))
+    assert main(ppo_args(tiny_sft, tiny_data, tmp_path / "reused", *small)).reuse_rollout_forward
+    fresh, reused = read_metrics(tmp_path / "fresh"), read_metrics(tmp_path / "reused")
+    assert [m["objective/scores"] for m in reused] == [m["objective/scores"] for m in fresh]
+    for a, b in zip(fresh, reused):
+        assert b["val/ratio"] == pytest.approx(a["val/ratio"], abs=1e-5)
+        assert b["objective/kl"] == pytest.approx(a["objective/kl"], abs=1e-4)
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        a, b = load_file(tmp_path / "fresh" / name), load_file(tmp_path / "reused" / name)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{name}:{k}")
+        moved = [k for k in a if "lora_" in k or "value_head" in name]
+        assert moved and any(b[k].abs().sum() > 0 for k in moved)
+
+
 def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
     tiny_sft, tiny_data, tmp_path, monkeypatch
 ):

@@ -119,6 +119,15 @@ class PPOConfig(TrainingArguments):
             "for long prompts under a large vocabulary. Checked against the padded forward on the first batch"
         },
     )
+    reuse_rollout_forward: bool = field(
+        default=True,
+        metadata={
+            "help": "the rollout's policy forward on the first PPO micro-batch runs with grad and is that micro-batch's "
+            "forward in the first PPO epoch (the weights have not moved yet): one forward of "
+            "per_device_train_batch_size rows saved per step, the same numbers. Its activations are held through "
+            "the reference and reward passes; false frees them at once. Single process and DDP only"
+        },
+    )
     # --- budget and batching -------------------------------------------------------------------------------
     total_episodes: int | None = field(
         default=None,

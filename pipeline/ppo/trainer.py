@@ -101,6 +101,8 @@ class PPOTrainer:
         self.model, self.ref_model = load_policy(args, model_args)
         self.model.packing = args.packing
         self.packing_checked = not args.packing
+        # Under sharded engines a forward's gathered weights are released by its backward: not held across phases.
+        self.reuse_rollout_forward = args.reuse_rollout_forward and not self.sharded
         self.scorer = RewardScorer(
             args.reward_model_path, args.reward_fn, model_args, acc.device,
             args.local_rollout_forward_batch_size, args.trust_remote_code,
@@ -224,15 +226,33 @@ class PPOTrainer:
                     print("packing: this model's attention does not keep packed texts apart (its logits change with "
                           "the text before them); PPO runs padded. Set packing: false to skip this check.",
                           flush=True)  # fmt: skip
-        for i in range(0, len(prompts), chunk):
-            sl = slice(i, i + chunk)
+        # The first PPO epoch's order, drawn where update() would draw it (nothing in between uses the RNG), so the
+        # first micro-batch's forward can run now, with grad, and serve both as the rollout's and as the update's.
+        order = torch.randperm(self.local_batch_size, device=acc.device)
+        reuse_rows = order[: args.per_device_train_batch_size] if self.reuse_rollout_forward else order[:0]
+        rest = torch.ones(len(prompts), dtype=torch.bool, device=acc.device)
+        rest[reuse_rows] = False
+        groups = [g for g in (reuse_rows, *rest.nonzero().squeeze(1).split(chunk)) if len(g)]
+        reused = None
+        for rows in groups:
             with timer.phase("forward"):
-                logits, value = model(input_ids[sl], attention_mask[sl], R)
-                logprobs.append(self._logprobs(logits, responses[sl]))
+                if rows is reuse_rows:
+                    with torch.enable_grad():
+                        self.model.train()  # as in update(): the same forward, not just the same weights
+                        logits, value = self.model(input_ids[rows], attention_mask[rows], R)
+                        self.model.eval()
+                    reused = dict(logits=logits, values=value)
+                    logits, value = logits.detach(), value.detach()
+                else:
+                    logits, value = model(input_ids[rows], attention_mask[rows], R)
+                logprobs.append(self._logprobs(logits, responses[rows]))
                 values.append(value.float())
             with timer.phase("reference"):
-                ref_logprobs.append(self._ref_logprobs(input_ids[sl], attention_mask[sl], responses[sl]))
-        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+                ref_logprobs.append(
+                    self._ref_logprobs(input_ids[rows], attention_mask[rows], responses[rows])
+                )
+        back = torch.cat(groups).argsort()  # the groups' rows back in batch order
+        logprobs, ref_logprobs, values = (torch.cat(x)[back] for x in (logprobs, ref_logprobs, values))
 
         with timer.phase("reward"):
             ended = (responses == tok.eos_token_id).any(1)
@@ -252,24 +272,30 @@ class PPOTrainer:
         return dict(
             input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, logprobs=logprobs,
             values=values * mask, advantages=advantages, returns=returns, scores=scores, kl=kl, non_score=non_score,
-            ended=ended, texts=texts,
+            ended=ended, texts=texts, first_order=order, reused_forward=reused,
         )  # fmt: skip
 
     def update(self, batch: dict) -> dict[str, torch.Tensor]:
         """num_ppo_epochs passes of mini-batch updates over the rollout batch; returns per-micro-batch stats."""
         args, acc = self.args, self.accelerator
         R = batch["responses"].shape[1]
+        order, reused = batch.pop("first_order"), batch.pop("reused_forward")  # drawn and run by rollout()
         stats: dict[str, list[torch.Tensor]] = {}
         self.model.train()
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(self.local_batch_size, device=acc.device)
+        for epoch in range(args.num_ppo_epochs):
+            if epoch > 0:
+                order = torch.randperm(self.local_batch_size, device=acc.device)
             for start in range(0, self.local_batch_size, self.local_mini_batch_size):
                 mini = order[start : start + self.local_mini_batch_size]
                 for micro_start in range(0, self.local_mini_batch_size, args.per_device_train_batch_size):
                     idx = mini[micro_start : micro_start + args.per_device_train_batch_size]
                     with acc.accumulate(self.model):
                         mb = {k: v[idx] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                        logits, vpred = self.model(mb["input_ids"], mb["attention_mask"], R)
+                        if reused is not None:  # the first micro-batch: its forward ran in the rollout
+                            logits, vpred = reused["logits"], reused["values"]
+                            reused = None
+                        else:
+                            logits, vpred = self.model(mb["input_ids"], mb["attention_mask"], R)
                         new_logprobs = self._logprobs(logits, mb["responses"])
                         pg_loss, pg_stats = core.policy_loss(
                             new_logprobs, mb["logprobs"], mb["advantages"], mb["mask"], args.cliprange

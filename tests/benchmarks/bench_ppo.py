@@ -17,6 +17,7 @@ Model sizes:
   tiny   the tiny recipe's own models: runs/tiny/sft (ours: the LoRA adapter; TRL: sft/merged) + runs/tiny/reward
   large  a ~35M-parameter Llama (hidden 512, 10 layers, MLP 1536) with the tiny recipe's tokenizer, randomly
          initialised (seed 0) as a causal LM (policy) and as a one-label sequence classifier (reward model).
+  xl     the same family at ~108M parameters (hidden 768, 14 layers, 12 heads, MLP 2304).
          Throughput and memory do not depend on the weights, except through response length: a random policy
          almost never emits EOS, so every response runs to `response_length` in both trainers.
 """
@@ -30,6 +31,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from pipeline.outputs import checkpoints_dir
 from tests.benchmarks.common import (
     BENCH_DIR,
     ENGINE_CONFIGS,
@@ -46,8 +48,11 @@ from tests.benchmarks.common import (
 )
 
 DRIVER = Path(__file__).resolve().parent / "trl112_ppo_driver.py"
-LARGE_DIR = BENCH_DIR / "models" / "llama35m"
-LARGE_CONFIG = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8)
+# Random-init Llamas with the tiny tokenizer, one shape family: name -> (folder, shape).
+RANDOM_MODELS = {
+    "large": ("llama35m", dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8)),
+    "xl": ("llama108m", dict(hidden_size=768, intermediate_size=2304, num_hidden_layers=14, num_attention_heads=12)),
+}  # fmt: skip
 
 # Settings shared by both trainers, per model size. num_mini_batches and gradient_accumulation_steps stay 1:
 # the two trainers define the rollout batch differently when they are >1 (TRL 1.12: per_device * grad_accum;
@@ -77,10 +82,14 @@ SETTINGS = {
         "local_rollout_forward_batch_size": 16,
     },  # fmt: skip
 }
+SETTINGS["xl"] = SETTINGS["large"]
 
 
-def build_large_models(tokenizer_dir: Path, out: Path = LARGE_DIR) -> tuple[Path, Path]:
-    """A ~35M-parameter Llama policy and reward model (random init, seed 0) with the tiny recipe's tokenizer."""
+def build_random_models(size: str, tokenizer_dir: Path) -> tuple[Path, Path]:
+    """A Llama policy and reward model of `RANDOM_MODELS[size]`'s shape (random init, seed 0) with the tiny
+    recipe's tokenizer."""
+    folder, shape = RANDOM_MODELS[size]
+    out = BENCH_DIR / "models" / folder
     policy_dir, reward_dir = out / "policy", out / "reward"
     if (policy_dir / "config.json").exists() and (reward_dir / "config.json").exists():
         return policy_dir, reward_dir
@@ -95,7 +104,7 @@ def build_large_models(tokenizer_dir: Path, out: Path = LARGE_DIR) -> tuple[Path
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         num_labels=1,
-        **LARGE_CONFIG,
+        **shape,
     )
     for cls, path in ((LlamaForCausalLM, policy_dir), (LlamaForSequenceClassification, reward_dir)):
         torch.manual_seed(0)
@@ -152,10 +161,9 @@ def model_paths(size: str) -> dict:
         )
         return dict(ours_policy=base, trl_policy=base, reward=tiny_stand_in_reward(base), params_dir=base,
                     source="runs/tiny/base (stand-in for SFT) + reward head on it")  # fmt: skip
-    policy, reward = build_large_models(base)
-    return dict(
-        ours_policy=policy, trl_policy=policy, reward=reward, params_dir=policy, source="random init 35M"
-    )
+    policy, reward = build_random_models(size, base)
+    return dict(ours_policy=policy, trl_policy=policy, reward=reward, params_dir=policy,
+                source=f"random init {RANDOM_MODELS[size][0]}")  # fmt: skip
 
 
 def ppo_recipe() -> Path:
@@ -197,7 +205,8 @@ def ours_command(
         "--report_to",
         "none",
     ]
-    args += ["--disable_tqdm", "true", "--save_merged", "false", "--sample_every", "0"]
+    # No held-out sampling either (TRL: num_sample_generations=0): no sample tables, no gold evaluations.
+    args += ["--disable_tqdm", "true", "--save_merged", "false", "--sample_every", "0", "--eval_every", "0"]
     return args + extra
 
 
@@ -221,13 +230,15 @@ def trl_command(
     return args + ["--num_threads", str(threads), *extra]
 
 
-def measure(name: str, command: list[str], metrics: Path, env: dict, repeats: int, timeout: float) -> dict:
+def measure(
+    name: str, command: list[str], out: Path, metrics: Path, env: dict, repeats: int, timeout: float
+) -> dict:
     results = []
     for i in range(repeats):
-        out_dir = metrics.parent
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
+        for old in (out, checkpoints_dir(out)):
+            if old.exists():
+                shutil.rmtree(old)
+        out.mkdir(parents=True)
         print(f"  [{name}] run {i + 1}/{repeats} ...", flush=True)
         r = run_measured(command, env, metrics, timeout=timeout)
         if r.returncode != 0:  # keep what was measured: a run killed at the timeout still has its peak RSS
@@ -248,7 +259,12 @@ def measure(name: str, command: list[str], metrics: Path, env: dict, repeats: in
         )
         results.append(r)
     eps = [r.steady_eps() for r in results]
+    # Our trainer's own phase timers (time/* in its metrics), mean over the steady steps of every repeat.
+    steady = [row for r in results for _, row in r.steps[1:] if "time/step" in row]
+    phases = {k.removeprefix("time/"): statistics.mean(row[k] for row in steady)
+              for k in steady[0] if k.startswith("time/")} if steady else None  # fmt: skip
     return dict(
+        phases=phases,
         name=name,
         command=command,
         steady_eps=statistics.median(eps),
@@ -266,7 +282,7 @@ def measure(name: str, command: list[str], metrics: Path, env: dict, repeats: in
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="PPO episodes/s and peak memory: ours vs trl==1.12.0")
-    p.add_argument("--sizes", nargs="+", default=["tiny", "large"], choices=["tiny", "large"])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "large"], choices=["tiny", *RANDOM_MODELS])
     p.add_argument("--trainers", nargs="+", default=["ours-lora", "ours-full", "trl112"],
                    choices=["ours-lora", "ours-lora-value-adapter", "ours-full", "trl112", "trl112-lora"])  # fmt: skip
     p.add_argument("--repeats", type=int, default=1)
@@ -284,6 +300,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
     )
+    p.add_argument("--ours_args", default="", help="extra flags for every one of our trainers")
     p.add_argument("--json", type=Path, default=BENCH_DIR / "ppo_results.json")
     a = p.parse_args(argv)
 
@@ -317,10 +334,12 @@ def main(argv=None) -> None:
                     policy, extra = paths["trl_policy"], a.ours_full_args.split()
                 elif trainer == "ours-lora-value-adapter":
                     extra += ["--value_head", "adapter"]
+                extra += a.ours_args.split()
                 cmd = ours_command(
                     settings, policy, paths["reward"], prompts, out, extra, a.processes, a.engine
                 )
-                metrics = out / "metrics.jsonl"
+                # Read as it grows: the run writes its logs beside its checkpoints and publishes them at the end.
+                metrics = checkpoints_dir(out) / "metrics.jsonl"
             else:
                 extra = ["--lora_r", "16"] if trainer == "trl112-lora" else []
                 cmd = trl_command(
@@ -328,7 +347,7 @@ def main(argv=None) -> None:
                 )
                 metrics = out / "metrics.jsonl"
             try:
-                row = measure(trainer, cmd, metrics, env, a.repeats, a.timeout)
+                row = measure(trainer, cmd, out, metrics, env, a.repeats, a.timeout)
             except SystemExit as err:  # one broken trainer still leaves the others' rows
                 print(f"  [{trainer}] FAILED: {str(err)[-1500:]}", flush=True)
                 row = dict(name=trainer, command=cmd, error=str(err)[-1500:])
@@ -366,6 +385,17 @@ def main(argv=None) -> None:
     print(f"Import-only baseline peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in baselines.items())}")
     print()
     print(table)
+    timed = [r for r in all_rows if r.get("phases")]
+    if timed:
+        names = ["generate", "forward", "reference", "reward", "update", "other", "step"]
+        print(
+            "\nOur trainer's phases, seconds per PPO step (its time/* metrics, mean of the steady steps):\n"
+        )
+        print(markdown_table(
+            ["model", "trainer", *names, "generated tok/s", "trained tok/s"],
+            [[f"{r['size']} ({r['params_m']:.1f}M)", r["name"], *(r["phases"][n] for n in names),
+              r["phases"]["generated_tokens_per_s"], r["phases"]["trained_tokens_per_s"]] for r in timed],
+        ))  # fmt: skip
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(
         json.dumps(dict(command=invocation(), baselines=baselines, rows=all_rows), indent=1, default=str)
