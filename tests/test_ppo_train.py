@@ -179,6 +179,21 @@ def test_reused_rollout_forward_trains_as_a_fresh_forward(tiny_sft, tiny_data, t
         moved = [k for k in a if "lora_" in k or "value_head" in name]
         assert moved and any(b[k].abs().sum() > 0 for k in moved)
 
+    # The reused rows' old log-probs and values are that forward's own: their first-epoch ratio is exactly 1.
+    from pipeline.config import parse_config
+    from pipeline.ppo import CONFIG_TYPES
+    from pipeline.ppo.trainer import PPOTrainer
+
+    trainer = PPOTrainer(
+        *parse_config(CONFIG_TYPES, ppo_args(tiny_sft, tiny_data, tmp_path / "rollout", *small))
+    )
+    batch = trainer.rollout(trainer.batch_prompts(0))
+    rows, reused = batch["first_order"][:4], batch["reused_forward"]
+    assert reused["logits"].requires_grad
+    new_logprobs = trainer._logprobs(reused["logits"], batch["responses"][rows]).detach()
+    assert torch.equal(new_logprobs, batch["logprobs"][rows])
+    assert torch.equal(reused["values"].detach().float() * batch["mask"][rows], batch["values"][rows])
+
 
 def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
     tiny_sft, tiny_data, tmp_path, monkeypatch

@@ -17,9 +17,9 @@ Model sizes:
   tiny   the tiny recipe's own models: runs/tiny/sft (ours: the LoRA adapter; TRL: sft/merged) + runs/tiny/reward
   large  a ~35M-parameter Llama (hidden 512, 10 layers, MLP 1536) with the tiny recipe's tokenizer, randomly
          initialised (seed 0) as a causal LM (policy) and as a one-label sequence classifier (reward model).
-  xl     the same family at ~108M parameters (hidden 768, 14 layers, 12 heads, MLP 2304).
          Throughput and memory do not depend on the weights, except through response length: a random policy
          almost never emits EOS, so every response runs to `response_length` in both trainers.
+  xl     the same family at ~108M parameters (hidden 768, 14 layers, 12 heads, MLP 2304).
 """
 
 from __future__ import annotations
