@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from data_prep.config import CONFIG_TYPES, ConvertConfig
-from pipeline.config import ConfigError, parse_config, run_main
+from pipeline.common.config import ConfigError, parse_config, run_main
 
 USAGE = __doc__.strip()
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from data_prep.builtin import generate_builtin, save_datasets
 from data_prep.config import DataConfig
+from data_prep.sources import convert_recipe_data
 from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
-from data_prep.write import write_atomically, write_json
-from pipeline.health import few_prompts_warning
+from pipeline.analysis.health import few_prompts_warning
+from pipeline.common.outputs import write_atomically
 
 INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
 
@@ -21,8 +23,6 @@ def build(config: DataConfig) -> dict:
     if config.source == "builtin":
         (datasets, info), reports = generate_builtin(config), []
     else:
-        from data_prep.sources import convert_recipe_data
-
         datasets, info, reports = convert_recipe_data(config)
 
     info["eval_prompt_count"] = n_eval = len(datasets["eval_prompts"])
@@ -35,7 +35,7 @@ def build(config: DataConfig) -> dict:
         info["dropped_rows"] = write_dropped(tmp / DROPPED_FILE, reports)
         info["seconds"] = round(time.perf_counter() - start, 2)
         info["config"] = dataclasses.asdict(config)
-        write_json(tmp / INFO_FILE, info)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
     write_atomically(config.output_dir, fill, overwrite=config.overwrite)
     return info

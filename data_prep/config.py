@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import required
+from data_prep.readers import is_file_like
+from pipeline.common.config import ConfigError, required
 
 SOURCES = ("builtin", "datasets")
 PREFERENCE_FORMATS = ("hh_rlhf", "pairs", "ranked")
@@ -165,8 +166,6 @@ class DataConfig:
     )
 
     def __post_init__(self):
-        from pipeline.config import ConfigError
-
         if self.source not in SOURCES:
             raise ConfigError(
                 f"data config: source '{self.source}' is unknown; use one of {', '.join(SOURCES)}."
@@ -190,8 +189,6 @@ class DataConfig:
                 "input's prompt goes."
             )
         if self.offline and self.source == "datasets":
-            from data_prep.sources import is_file_like
-
             hub = [s for s in self.inputs() if not is_file_like(s)]
             if hub:
                 raise ConfigError(
@@ -243,8 +240,6 @@ class ConvertConfig:
     strict: bool = field(default=False, metadata={"help": "Fail on the first bad row."})
 
     def __post_init__(self):
-        from pipeline.config import ConfigError
-
         formats = PREFERENCE_FORMATS + SFT_FORMATS + PROMPT_FORMATS
         if self.format not in formats:
             raise ConfigError(f"convert: format '{self.format}' is unknown; use one of {', '.join(formats)}.")

@@ -27,7 +27,6 @@ from data_prep.validate import (
 )
 
 ASSISTANT_TURN = "\n\nAssistant:"
-HUMAN_TURN = "\n\nHuman:"
 ROLES = ("system", "user", "assistant")
 
 # Columns each format needs (after the column mapping); checked before any row is read.

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 
 
 class DataError(UserError):

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.outputs import publish, staging_dir
-from pipeline.packing import PackedCollator
-from pipeline.tracking import TrackerCallback
+from pipeline.common.config import UserError, parse_config, required, run_main
+from pipeline.common.outputs import publish, staging_dir
+from pipeline.common.tracking import TrackerCallback
+from pipeline.lm.packing import PackedCollator
 
 # HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
 # prompt/completion data render identically. `{% generation %}` marks assistant tokens for assistant-only loss.

@@ -3,7 +3,7 @@ directly, with no reward model and no sampling.
 
 The loss is -log sigmoid(beta * (log-ratio of chosen - log-ratio of rejected)), each log-ratio taken against the
 SFT policy (the start model with the new adapter switched off). Held-out pairs are evaluated at each `eval_strategy` point
-(the recipe: every epoch); the implicit reward's accuracy is `eval_rewards/accuracies` in `metrics.jsonl`. Start model and output layout: `pipeline.alternatives`.
+(the recipe: every epoch); the implicit reward's accuracy is `eval_rewards/accuracies` in `metrics.jsonl`. Start model and output layout: `pipeline.online`.
 
     python -m pipeline.dpo --config recipes/tiny/dpo.yaml [--beta 0.1 ...]
 
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-from pipeline.alternatives import PolicyOutputArguments, train_policy
-from pipeline.config import required, run_main
-from pipeline.training import LoraModelConfig
+from pipeline.common.config import required, run_main
+from pipeline.common.training import LoraModelConfig, peft_config
+from pipeline.online import PolicyOutputArguments, train_policy
+from pipeline.reward import load_pair_splits
 
 
 @dataclass
@@ -38,9 +39,6 @@ CONFIG_TYPES = (DPOScriptArguments, DPOConfig, LoraModelConfig)
 
 def main(args=None, callbacks=None) -> dict:
     from trl import DPOTrainer
-
-    from pipeline.reward import load_pair_splits
-    from pipeline.training import peft_config
 
     def load_data(script_args, training_args):
         columns = ["prompt", "chosen", "rejected"]

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from trl import ModelConfig
 
-from pipeline import tracking
-from pipeline.alternatives import ALTERNATIVES
-from pipeline.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
-from pipeline.health import few_prompts_warning, policy_checks
-from pipeline.models import (
+from pipeline.analysis.health import few_prompts_warning, policy_checks
+from pipeline.analysis.report import write_report
+from pipeline.common import tracking
+from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
+from pipeline.common.models import (
     check_model_dir,
     is_quantized,
     load_callable,
@@ -34,17 +34,19 @@ from pipeline.models import (
     load_tokenizer,
     same_model_path,
 )
-from pipeline.outputs import fingerprint, read_run
-from pipeline.sampling import (
+from pipeline.common.outputs import fingerprint, read_run
+from pipeline.lm.logprobs import response_logits, response_logprobs
+from pipeline.lm.sampling import (
+    check_untruncated,
+    first_eos_mask,
     generate,
     generation_config,
-    response_logits,
-    response_logprobs,
     sampling_summary,
     set_aside,
     tokenize_prompts,
 )
-from pipeline.scoring import RewardScorer, accuracy, sharded_pair_scores
+from pipeline.lm.scoring import RewardScorer, accuracy, sharded_pair_scores
+from pipeline.online import ALTERNATIVES
 
 
 @dataclass
@@ -94,9 +96,11 @@ class EvalArguments:
     num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
     max_kl: float = field(
         default=10.0,
-        metadata={"help": "KL(PPO || SFT) per answer above this is reported as drift (pipeline.health)"},
+        metadata={
+            "help": "KL(PPO || SFT) per answer above this is reported as drift (pipeline.analysis.health)"
+        },
     )
-    # As in TrainingArguments (pipeline/tracking.py): the figures go to the PPO stage's tracker run when it has one.
+    # As in TrainingArguments (pipeline/common/tracking.py): the figures go to the PPO stage's tracker run when it has one.
     report_to: None | str | list[str] = field(
         default="none", metadata={"help": "tensorboard, trackio, wandb (comma-separated), all or none"}
     )
@@ -120,7 +124,6 @@ class EvalArguments:
         self.preference_path = self.preference_path or str(run / "data" / "preference")
         if self.temperature <= 0:
             raise UserError("temperature must be > 0: the policies are compared on sampled answers.")
-        from pipeline.sampling import check_untruncated
 
         check_untruncated(self.top_k, self.top_p, "Evaluation, like PPO,")
         unknown = sorted(set(self.alternatives) - set(ALTERNATIVES))
@@ -208,7 +211,7 @@ def load_policy(path: str, model_args, device, trust_remote_code: bool = False):
 def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int, name: str = "evaluation"):
     """Prompt batches and sampled responses (token ids, padded after EOS), batched with left padding.
 
-    The sampling code of PPO's rollouts (`pipeline.sampling`), so eval samples exactly as training did.
+    The sampling code of PPO's rollouts (`pipeline.lm.sampling`), so eval samples exactly as training did.
     """
     from transformers import set_seed
 
@@ -227,7 +230,6 @@ def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int,
 
 def response_mask(responses, eos_token_id: int):
     """Tokens of each response up to and including its first EOS."""
-    from pipeline.ppo.core import first_eos_mask
 
     return first_eos_mask(responses, eos_token_id)
 
@@ -488,8 +490,6 @@ def main(args=None):
 
 
 def write_outputs(args: EvalArguments, result: dict, records: list[dict], trackers: list[str] = ()) -> None:
-    from pipeline.report import write_report
-
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     ppo_run = tracking.read_identity(Path(args.ppo_model_path) / tracking.IDENTITY_FILE)

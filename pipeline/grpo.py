@@ -3,7 +3,7 @@
 Each prompt gets `num_generations` answers; an answer's advantage is its score against its group's mean (and
 spread), so no value model is trained. The KL penalty `beta` (TRL's default is 0) holds the policy near the SFT
 policy, the adapter-free model. What this shares with RLOO and DPO (start model, scoring, output layout):
-`pipeline.alternatives`.
+`pipeline.online`.
 
     python -m pipeline.grpo --config recipes/tiny/grpo.yaml [--beta 0.1 ...]
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m pipeline.grpo --config ...
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from trl import GRPOConfig
 
-from pipeline.alternatives import OnlineScriptArguments, train_online
-from pipeline.config import run_main
-from pipeline.training import LoraModelConfig
+from pipeline.common.config import run_main
+from pipeline.common.training import LoraModelConfig
+from pipeline.online import OnlineScriptArguments, train_online
 
 CONFIG_TYPES = (OnlineScriptArguments, GRPOConfig, LoraModelConfig)
 

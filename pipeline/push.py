@@ -18,9 +18,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import ConfigError, UserError, parse_config, required, run_main
-from pipeline.model_card import CardInfo, read_data_sources, read_eval, read_hyperparameters, render_card
-from pipeline.models import check_model_dir
+from pipeline.analysis.model_card import (
+    CardInfo,
+    read_data_sources,
+    read_eval,
+    read_hyperparameters,
+    render_card,
+)
+from pipeline.common.config import ConfigError, UserError, parse_config, required, run_main
+from pipeline.common.models import check_model_dir
 
 STAGES = ("base", "sft", "reward", "ppo", "grpo", "rloo", "dpo")
 # Never uploaded: pickles nobody needs, PPO's value head (training only), temp files, any old card.

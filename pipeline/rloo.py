@@ -3,7 +3,7 @@ model.
 
 Each prompt gets `num_generations` answers; an answer's baseline is the mean score of the others (REINFORCE
 leave-one-out), so no value model is trained; `beta` is the KL penalty to the SFT policy. What this shares with
-GRPO and DPO (start model, scoring, output layout): `pipeline.alternatives`.
+GRPO and DPO (start model, scoring, output layout): `pipeline.online`.
 
     python -m pipeline.rloo --config recipes/tiny/rloo.yaml [--beta 0.1 ...]
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from trl import RLOOConfig
 
-from pipeline.alternatives import OnlineScriptArguments, train_online
-from pipeline.config import run_main
-from pipeline.training import LoraModelConfig
+from pipeline.common.config import run_main
+from pipeline.common.training import LoraModelConfig
+from pipeline.online import OnlineScriptArguments, train_online
 
 CONFIG_TYPES = (OnlineScriptArguments, RLOOConfig, LoraModelConfig)
 

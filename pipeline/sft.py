@@ -20,14 +20,15 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.outputs import (
+from pipeline.common.config import UserError, parse_config, required, run_main
+from pipeline.common.models import load_model, load_tokenizer
+from pipeline.common.outputs import (
     checkpoints_dir,
     resolve_resume,
     run_identity,
 )
-from pipeline.tracking import TrackerCallback
-from pipeline.training import (
+from pipeline.common.tracking import TrackerCallback
+from pipeline.common.training import (
     LoraModelConfig,
     RunOutputArguments,
     StopOnNonFinite,
@@ -90,8 +91,6 @@ def load_sft_splits(script_args: SFTScriptArguments):
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     from transformers import AutoModelForCausalLM
-
-    from pipeline.models import load_model, load_tokenizer
 
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
     identity = run_identity("sft", (script_args, training_args, model_args))

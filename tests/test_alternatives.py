@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, UserError
+from pipeline.common.config import ConfigError, UserError
 from tests.conftest import TEST_SEED, record_learning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,8 +124,8 @@ def test_dpo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
 def test_the_reward_function_scores_as_ppo_does(tiny_reward):
     from transformers import AutoTokenizer
 
-    from pipeline.alternatives import ScoredReward
-    from pipeline.scoring import RewardScorer
+    from pipeline.lm.scoring import RewardScorer
+    from pipeline.online import ScoredReward
 
     scorer = RewardScorer(str(tiny_reward))
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward)
@@ -153,7 +153,7 @@ def test_grpo_scores_through_a_reward_model_with_its_own_tokenizer(
     from trl import GRPOTrainer
 
     from pipeline.grpo import main
-    from pipeline.scoring import RewardScorer
+    from pipeline.lm.scoring import RewardScorer
     from tests.tiny_models import build_model_dir, tiny_tokenizer
 
     rm_tokenizer = tiny_tokenizer(tiny_data / "pretrain", num_texts=1000, vocab_size=600)

@@ -174,7 +174,7 @@ def test_reward_with_lora_tells_finished_from_cut_off(reward, tmp_path):
     from transformers import AutoTokenizer
     from trl import ModelConfig
 
-    from pipeline.scoring import RewardScorer
+    from pipeline.lm.scoring import RewardScorer
 
     tokenizer = AutoTokenizer.from_pretrained(reward)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
@@ -206,9 +206,9 @@ def test_reward_stage_adds_a_pad_token_when_none_is_spare(tokenizer_dir, small_d
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import ModelConfig
 
-    from pipeline.models import ADDED_PAD_TOKEN
+    from pipeline.common.models import ADDED_PAD_TOKEN
+    from pipeline.lm.scoring import RewardScorer
     from pipeline.reward import main
-    from pipeline.scoring import RewardScorer
     from tests.tiny_models import eos_only
 
     base = build_model_dir("gpt2", eos_only(AutoTokenizer.from_pretrained(tokenizer_dir)), tmp_path / "base")
@@ -391,7 +391,7 @@ def leaky_trainer(leaky_model, small_data, tmp_path_factory):
     import contextlib
     import io
 
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
     from pipeline.ppo import CONFIG_TYPES
     from pipeline.ppo.trainer import PPOTrainer
 
@@ -414,7 +414,7 @@ def test_generation_config_alone_overrides_every_field_it_can(leaky_model):
     those are why sampling.generate also swaps our config in as the model's own while it samples (next tests)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.sampling import generation_config
+    from pipeline.lm.sampling import generation_config
 
     model = AutoModelForCausalLM.from_pretrained(leaky_model)
     tokenizer = AutoTokenizer.from_pretrained(leaky_model)
@@ -445,7 +445,7 @@ def test_ppo_logs_what_it_set_aside(leaky_trainer):
 def test_ppo_rollouts_are_drawn_from_softmax_logits_over_temperature(leaky_trainer):
     """The processors generation builds are the temperature step alone, and the first sampled token's frequencies
     match softmax(logits / T) of the policy forward PPO trains on, within a stated bound."""
-    from pipeline.sampling import generate, tokenize_prompts
+    from pipeline.lm.sampling import generate, tokenize_prompts
 
     trainer, T = leaky_trainer[0], leaky_trainer[0].args.temperature
     spy = ProcessorSpy(trainer.model.transformers_model())
@@ -491,7 +491,7 @@ def test_evaluation_samples_as_ppo_does(leaky_model, small_data, capsys):
 @pytest.mark.parametrize("stage", ["ppo", "evaluate"])
 @pytest.mark.parametrize("flag", [("--top_k", "20"), ("--top_p", "0.8")])
 def test_top_k_and_top_p_are_refused(stage, flag):
-    from pipeline.config import ConfigError, parse_config
+    from pipeline.common.config import ConfigError, parse_config
 
     if stage == "ppo":
         from pipeline.ppo import CONFIG_TYPES

@@ -65,7 +65,7 @@ def test_tokenizer_round_trips_any_text_and_renders_the_hh_format():
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
     from pipeline.base import main
-    from pipeline.config import UserError
+    from pipeline.common.config import UserError
 
     args = [
         "--config",

@@ -20,8 +20,8 @@ from data_prep.examples import units
 from data_prep.pairs import pairs_from_scores
 from data_prep.sources import pretrain_texts
 from data_prep.validate import MissingColumnsError
-from pipeline.config import ConfigError
-from pipeline.health import MIN_EVAL_PROMPTS
+from pipeline.analysis.health import MIN_EVAL_PROMPTS
+from pipeline.common.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "custom-example"

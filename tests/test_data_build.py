@@ -10,7 +10,7 @@ from datasets import load_from_disk
 from data_prep import task
 from data_prep.__main__ import main
 from data_prep.config import CONFIG_TYPES, DataConfig
-from pipeline.config import ConfigError, UserError
+from pipeline.common.config import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny" / "data.yaml"
@@ -149,7 +149,7 @@ def test_unknown_command():
 
 def test_recipes_validate_against_config_types():
     for path in sorted(REPO.glob("recipes/*/data.yaml")):
-        from pipeline.config import load_recipe_file
+        from pipeline.common.config import load_recipe_file
 
         (config,) = load_recipe_file(path, CONFIG_TYPES)
         assert isinstance(config, DataConfig)

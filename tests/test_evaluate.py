@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny"
@@ -224,8 +224,8 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
     from datasets import load_from_disk
     from trl import ModelConfig
 
+    from pipeline.common.models import load_tokenizer
     from pipeline.evaluate import EvalArguments, load_policy, response_mask, sample, sequence_logprobs
-    from pipeline.models import load_tokenizer
 
     args = EvalArguments(run_dir="unused", batch_size=4, max_new_tokens=12, temperature=0.7)
     tokenizer = load_tokenizer(str(tiny_sft))
@@ -246,7 +246,7 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
 
 
 def test_a_reward_function_replaces_the_reward_model_and_both_is_an_error(tmp_path):
-    from pipeline.config import UserError
+    from pipeline.common.config import UserError
     from pipeline.evaluate import EvalArguments
 
     args = EvalArguments(

@@ -22,7 +22,7 @@ TINY = REPO / "recipes" / "tiny"
 
 def one_error_line(capsys, main, args) -> str:
     """Run a stage through the command-line wrapper: exit code 2, one `error:` line, no traceback."""
-    from pipeline.config import run_main
+    from pipeline.common.config import run_main
 
     with pytest.raises(SystemExit) as exit_info:
         run_main(main, args)
@@ -51,7 +51,7 @@ def logged_steps(out: Path) -> list[int]:
 
 
 def checkpoints(out: Path) -> list[str]:
-    from pipeline.outputs import list_checkpoints
+    from pipeline.common.outputs import list_checkpoints
 
     return [p.name for p in list_checkpoints(out)]
 
@@ -98,7 +98,7 @@ def test_run_identity_refuses_another_run_and_resume_takes_only_its_own(
 def test_sft_refuses_a_folder_of_unknown_outputs_and_resume_across_stages(
     tiny_base, tiny_data, tmp_path, capsys
 ):
-    from pipeline.outputs import checkpoints_dir, run_identity, write_run
+    from pipeline.common.outputs import checkpoints_dir, run_identity, write_run
     from pipeline.sft import CONFIG_TYPES, main
 
     out = tmp_path / "sft"
@@ -113,7 +113,7 @@ def test_sft_refuses_a_folder_of_unknown_outputs_and_resume_across_stages(
     # A checkpoint folder recorded by another stage cannot be resumed by this one.
     work = checkpoints_dir(tmp_path / "other")
     (work / "checkpoint-1").mkdir(parents=True)
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
 
     write_run(work, {**run_identity("reward", parse_config(CONFIG_TYPES, args)), "stage": "reward"})
     line = one_error_line(capsys, main, [*args, "--resume_from_checkpoint", str(work / "checkpoint-1")])
@@ -121,8 +121,8 @@ def test_sft_refuses_a_folder_of_unknown_outputs_and_resume_across_stages(
 
 
 def test_identity_holds_no_token_and_ignores_operational_fields():
-    from pipeline.config import parse_config
-    from pipeline.outputs import config_differences, run_identity
+    from pipeline.common.config import parse_config
+    from pipeline.common.outputs import config_differences, run_identity
     from pipeline.sft import CONFIG_TYPES
 
     base = ["--config", str(TINY / "sft.yaml")]
@@ -141,7 +141,7 @@ def test_identity_holds_no_token_and_ignores_operational_fields():
 KILL_DURING_SAVE = """
 import os, signal, sys
 import pipeline.ppo.trainer as trainer
-from pipeline.config import run_main
+from pipeline.common.config import run_main
 from pipeline.ppo import main
 
 real_save_file = trainer.save_file
@@ -156,7 +156,7 @@ run_main(main, sys.argv[1:])
 
 
 def test_kill_during_the_final_save_keeps_the_previous_policy(tiny_sft, tiny_data, tmp_path, capsys):
-    from pipeline.models import load_tokenizer
+    from pipeline.common.models import load_tokenizer
 
     out = tmp_path / "ppo"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -260,7 +260,7 @@ def in_small_tmpfs(tmp_path, script: str) -> subprocess.CompletedProcess:
 WRITE_TOO_MUCH = """
 import sys, torch
 from safetensors.torch import save_file
-from pipeline.config import run_main
+from pipeline.common.config import run_main
 
 big = {"w": torch.zeros(1 << 19)}  # 2 MiB
 def write(args):

@@ -1,4 +1,4 @@
-"""RL that shows when it goes wrong (pipeline.health): the report's warning box, PPO's collapse warning, max_kl."""
+"""RL that shows when it goes wrong (pipeline.analysis.health): the report's warning box, PPO's collapse warning, max_kl."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ CHOSEN_SCORES = [_rng.gauss(1.0, 1.0) for _ in range(200)]  # p95 about 2.6
 
 def test_the_seed_2_collapse_raises_every_warning():
     """What `make all` with seed 2 produced: "Happy" to every prompt, RM score 4.2, KL 14.7, entropy 0.2."""
-    from pipeline.health import policy_checks
+    from pipeline.analysis.health import policy_checks
 
     records = records_of(SFT_ANSWERS, ["Happy"] * N, [4.156] * N, 14.7, -0.22)
     checks = policy_checks(records, CHOSEN_SCORES, max_kl=10.0)
@@ -50,7 +50,7 @@ def test_the_seed_2_collapse_raises_every_warning():
 
 
 def test_a_healthy_policy_raises_none():
-    from pipeline.health import policy_checks
+    from pipeline.analysis.health import policy_checks
 
     answers = [f"Sure! Here is a kind, on-topic answer about topic {i}." for i in range(N)]
     rng = random.Random(2)
@@ -62,7 +62,7 @@ def test_a_healthy_policy_raises_none():
 def test_quantile_matches_numpy():
     import numpy as np
 
-    from pipeline.health import quantile
+    from pipeline.analysis.health import quantile
 
     rng = random.Random(3)
     values = [rng.random() for _ in range(37)]
@@ -71,8 +71,8 @@ def test_quantile_matches_numpy():
 
 
 def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
+    from pipeline.analysis.report import write_report
     from pipeline.evaluate import EvalArguments, summarize
-    from pipeline.report import write_report
 
     def report(records) -> str:
         args = EvalArguments(run_dir=str(tmp_path), labeler="data_prep.task:labeler_scores")
@@ -100,7 +100,7 @@ def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
 
 
 def test_collapse_watch_warns_once_when_entropy_halves():
-    from pipeline.health import CollapseWatch
+    from pipeline.analysis.health import CollapseWatch
 
     watch = CollapseWatch()
     entropies = [1.0, 0.9, 0.7, 0.45, 0.3, 0.2]

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pipeline.config import UserError
-from pipeline.models import load_causal_lm, load_reward_model, load_tokenizer
+from pipeline.common.config import UserError
+from pipeline.common.models import load_causal_lm, load_reward_model, load_tokenizer
 
 
 def test_tests_run_offline_without_telemetry():
@@ -28,13 +28,13 @@ def test_missing_local_dir_names_the_path(tmp_path):
 
 
 def test_library_noise_is_filtered_by_message_only():
-    """`import pipeline` drops the few library messages a user can do nothing about (pipeline/quiet.py), and only
+    """`import pipeline` drops the few library messages a user can do nothing about (pipeline/common/quiet.py), and only
     those: another record of the same logger, and other FutureWarnings, still come through."""
     import logging
     import warnings
 
     import pipeline  # noqa: F401  (installs the filters)
-    from pipeline.quiet import NOISY_LOG_RECORDS
+    from pipeline.common.quiet import NOISY_LOG_RECORDS
 
     for name, prefix in NOISY_LOG_RECORDS.items():
         logger = logging.getLogger(name)
@@ -58,9 +58,9 @@ def test_library_noise_is_filtered_by_message_only():
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        import pipeline.quiet
+        import pipeline.common.quiet
 
-        pipeline.quiet.install()  # after simplefilter, as at the start of every stage
+        pipeline.common.quiet.install()  # after simplefilter, as at the start of every stage
         assert model.is_gradient_checkpointing is False
         warnings.warn("`some_option` is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["`some_option` is deprecated"]

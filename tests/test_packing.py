@@ -1,4 +1,4 @@
-"""Padding-free training (pipeline.packing): packed rows must change the cost, never the numbers.
+"""Padding-free training (pipeline.lm.packing): packed rows must change the cost, never the numbers.
 
 Each packed path is compared with the padded computation it replaces, on every architecture family we support
 (rotary and learned positions, sliding windows, soft-capping, fused projections), and a model whose attention
@@ -23,7 +23,7 @@ def test_packed_rows_train_on_the_same_loss_as_the_texts_one_by_one():
     from trl import pack_dataset
 
     from pipeline.base import BaseModelArguments, build_model
-    from pipeline.packing import PackedCollator
+    from pipeline.lm.packing import PackedCollator
 
     texts = [f"\n\nHuman: Tell me about {t}.\n\nAssistant: {t.capitalize()} are nice." + " Thanks." * n
              for n, t in enumerate(["cats", "dogs", "boats", "rocks", "songs", "hats", "cars"])]  # fmt: skip
@@ -78,7 +78,6 @@ def _tiny_classifier(architecture: str, peft: bool = False):
 
 
 def _pairs(seed: int = 0):
-
     generator = torch.Generator().manual_seed(seed)
     lengths = [(7, 12), (20, 5), (9, 9), (3, 15), (11, 2)]
     return [{"chosen_ids": torch.randint(3, 256, (c,), generator=generator).tolist(),
@@ -94,7 +93,8 @@ def test_packed_pairs_give_the_padded_rewards_and_gradients(architecture, peft):
     windows, soft-capping, fused projections) and under LoRA."""
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    from pipeline.packing import PackedPairCollator, packed_rewards
+    from pipeline.lm.packing import packed_rewards
+    from pipeline.reward.packed import PackedPairCollator
 
     model = _tiny_classifier(architecture, peft).eval()  # no dropout (TRL's RewardConfig.disable_dropout)
     examples = _pairs()
@@ -123,7 +123,8 @@ def test_packed_pairs_give_the_padded_rewards_and_gradients(architecture, peft):
 def test_the_reward_check_finds_a_model_that_lets_packed_texts_see_each_other():
     """OPT takes its positions from the attention mask, so a packed text runs on from the one before it: the check
     the reward trainer runs before training must tell (it then trains padded), and pass the models that work."""
-    from pipeline.packing import PackedPairCollator, keeps_texts_apart
+    from pipeline.lm.packing import keeps_texts_apart
+    from pipeline.reward.packed import PackedPairCollator
 
     inputs = PackedPairCollator(pad_token_id=0, width=32)(_pairs())
     assert keeps_texts_apart(_tiny_classifier("opt"), inputs) is False
@@ -146,7 +147,7 @@ def _tiny_lm(architecture: str):
 
 def _rollout(seed: int = 0):
     """A PPO rollout batch as generation leaves it: prompts left-padded, responses cut by EOS (2) then padded."""
-    from pipeline.ppo.core import first_eos_mask
+    from pipeline.lm.sampling import first_eos_mask
 
     generator = torch.Generator().manual_seed(seed)
     prompt_lengths, response_lengths, width, R = [5, 9, 3, 7, 9, 4], [6, 12, 1, 12, 3, 9], 9, 12
@@ -168,7 +169,7 @@ def _rollout(seed: int = 0):
 def test_packed_policy_forward_gives_the_padded_logits_values_and_gradients(architecture):
     """PPO's forward (response logits and the last hidden state the value head reads), packed against padded,
     wherever the response mask counts; and the gradients of a masked loss through both."""
-    from pipeline.sampling import response_logits
+    from pipeline.lm.logprobs import response_logits
 
     lm = _tiny_lm(architecture)
     input_ids, attention_mask, mask, R = _rollout()
@@ -194,8 +195,8 @@ def test_packed_policy_forward_gives_the_padded_logits_values_and_gradients(arch
 
 def test_the_ppo_check_finds_a_model_that_lets_packed_texts_see_each_other():
     """The check PPO runs on its first batch (it then runs padded): OPT fails it, the others pass."""
-    from pipeline.packing import check_packed_responses
-    from pipeline.sampling import response_logits
+    from pipeline.lm.logprobs import response_logits
+    from pipeline.lm.packing import check_packed_responses
 
     input_ids, attention_mask, mask, R = _rollout()
     for architecture, apart in (("opt", False), ("llama", True), ("gpt2", True)):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pipeline.lm import sampling
 from pipeline.ppo import core
 
 
@@ -15,14 +16,18 @@ def t(*rows):
 def test_first_eos_mask_and_truncation():
     eos, pad = 2, 0
     responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
-    mask = core.first_eos_mask(responses, eos)
+    mask = sampling.first_eos_mask(responses, eos)
     # Row 0 ends at its first EOS (index 1), the second EOS is ignored; row 1 never ends; row 2 ends at once.
     assert mask.tolist() == [
         [True, True, False, False],
         [True, True, True, True],
         [True, False, False, False],
     ]
-    assert core.truncate_after_eos(responses, eos, pad).tolist() == [[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+    assert sampling.truncate_after_eos(responses, eos, pad).tolist() == [
+        [5, 2, 0, 0],
+        [5, 6, 7, 8],
+        [2, 0, 0, 0],
+    ]
     assert core.last_token_index(mask).tolist() == [1, 3, 0]
 
 

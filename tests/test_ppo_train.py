@@ -49,10 +49,9 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data_prep.task import labeler_scores
+    from pipeline.common.models import adapter_base_path
     from pipeline.evaluate import sequence_logprobs
-    from pipeline.models import adapter_base_path
-    from pipeline.ppo.core import first_eos_mask
-    from pipeline.sampling import tokenize_prompts
+    from pipeline.lm.sampling import first_eos_mask, tokenize_prompts
 
     def load(path):
         base = AutoModelForCausalLM.from_pretrained(adapter_base_path(path))
@@ -180,7 +179,7 @@ def test_reused_rollout_forward_trains_as_a_fresh_forward(tiny_sft, tiny_data, t
         assert moved and any(b[k].abs().sum() > 0 for k in moved)
 
     # The reused rows' old log-probs and values are that forward's own: their first-epoch ratio is exactly 1.
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
     from pipeline.ppo import CONFIG_TYPES
     from pipeline.ppo.trainer import PPOTrainer
 
@@ -214,7 +213,7 @@ def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
     assert next(iter(trainer.optimizer.state_dict()["state"].values()))["step"].item() == 8
     assert_same_final_weights(full, resumed)
 
-    from pipeline.config import UserError
+    from pipeline.common.config import UserError
     from pipeline.ppo import main
 
     monkeypatch.setattr(distributed, "is_sharded", lambda accelerator: False)

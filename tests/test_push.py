@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, UserError
+from pipeline.common.config import ConfigError, UserError
 from tests.fake_hub import FakeHub
 
 TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
@@ -187,7 +187,7 @@ def test_push_an_alternative_stage_with_its_own_leaderboard_figures(hub, run_wit
 
 
 def test_reward_model_card_says_how_to_score():
-    from pipeline.model_card import CardInfo, render_card
+    from pipeline.analysis.model_card import CardInfo, render_card
 
     card = render_card(
         CardInfo(repo_id="bob/rm", stage="reward", weights="merged", base_model="Qwen/Qwen2.5-0.5B",

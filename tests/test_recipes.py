@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_recipe_file
+from pipeline.common.config import ConfigError, load_recipe_file
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STAGE_MODULES = {
@@ -69,7 +69,7 @@ def test_unknown_key_is_an_error_naming_key_and_file(tmp_path):
 
 def test_command_line_overrides_the_yaml(tmp_path):
     from pipeline.base import CONFIG_TYPES
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
 
     model_args, training_args = parse_config(
         CONFIG_TYPES, ["--config", str(RECIPES / "tiny" / "base.yaml"), "--hidden_size", "32", "--seed", "7"]
@@ -123,7 +123,7 @@ def test_sharding_config_on_cpu_warns_that_weights_are_replicated(engine, monkey
     stages say so instead of letting the user believe the weights are sharded."""
     from accelerate import Accelerator
 
-    from pipeline.training import report_engine
+    from pipeline.common.training import report_engine
 
     accelerator = Accelerator(cpu=True)
     report_engine(accelerator)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 from tests.conftest import record_learning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_reward_model_is_plain_and_loads_in_a_fresh_process(tiny_reward):
     script = f"""
 import json
 from datasets import load_from_disk
-from pipeline.scoring import pair_accuracy
+from pipeline.lm.scoring import pair_accuracy
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained({str(tiny_reward)!r})
 assert type(model).__name__.endswith("ForSequenceClassification"), type(model)
@@ -71,7 +71,7 @@ def test_reward_model_on_real_hh_pairs(tiny_reward, tmp_path):
     from datasets import Dataset
 
     from data_prep.sources import read_and_convert
-    from pipeline.scoring import pair_accuracy
+    from pipeline.lm.scoring import pair_accuracy
 
     rows, _ = read_and_convert(str(HH_TEST), "hh_rlhf", max_rows=300)
     pairs = Dataset.from_list(rows)
@@ -161,7 +161,7 @@ def test_missing_columns_are_a_clear_error(tmp_path):
 
 
 def test_score_head_is_trained_with_lora_by_default():
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
     from pipeline.reward import CONFIG_TYPES
 
     _, _, model_args = parse_config(
@@ -176,7 +176,7 @@ def test_score_head_is_trained_with_lora_by_default():
 
 
 def test_grouping_rebuilds_each_prompts_ranking():
-    from pipeline.ranking import GroupCollator, group_pairs
+    from pipeline.reward.grouped import GroupCollator, group_pairs
 
     pairs = [
         {"prompt": "P", "chosen": " best", "rejected": " mid", "margin": 1.0},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 from tests.conftest import record_learning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_wrong_columns_are_a_clear_error(tmp_path, tiny_base_path_free_args):
 def test_one_resume_rule_for_every_stage(tmp_path):
     """`true`/`latest` -> the newest checkpoint-N of <output_dir>.checkpoints; false/unset -> afresh; a path; the
     old PPO layout (<output_dir>/checkpoints/step-N) and any other word are errors that say what to do."""
-    from pipeline.outputs import resolve_resume
+    from pipeline.common.outputs import resolve_resume
 
     out = tmp_path / "sft"
     for fresh in (None, "false", "", "none"):
@@ -153,7 +153,7 @@ def test_one_resume_rule_for_every_stage(tmp_path):
 
 
 def test_lora_is_the_default_on_all_linear_layers():
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
     from pipeline.sft import CONFIG_TYPES
 
     _, _, model_args = parse_config(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, run_main
+from pipeline.common.config import ConfigError, run_main
 from tests.test_ppo_train import ppo_args, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ CONFIG_TYPES: tuple[type, ...] = (PPOConfig, ModelConfig)
 
 
 def main(args=None):
-    from pipeline.config import parse_config
+    from pipeline.common.config import parse_config
     from pipeline.ppo.trainer import PPOTrainer
 
     ppo_args, model_args = parse_config(CONFIG_TYPES, args)

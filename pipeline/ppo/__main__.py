@@ -1,4 +1,4 @@
-from pipeline.config import run_main
+from pipeline.common.config import run_main
 from pipeline.ppo import main
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Atomic PPO checkpoints: trainable weights, optimizer, scheduler, KL coefficient, step and RNG states.
 
-Checkpoints follow every stage's layout (`pipeline.outputs`): `<output_dir>.checkpoints/checkpoint-N/`, written to
+Checkpoints follow every stage's layout (`pipeline.common.outputs`): `<output_dir>.checkpoints/checkpoint-N/`, written to
 `checkpoint-N.tmp` and renamed, so a crash mid-write never leaves a half checkpoint that resume would pick up.
 Every rank stores its own RNG state.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import outputs
-from pipeline.config import UserError
+from pipeline.common import outputs
+from pipeline.common.config import UserError
 
 STATE_FILE = "trainer_state.json"
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from pipeline.config import ConfigError, nulls_to_none, required
+from pipeline.common.config import ConfigError, nulls_to_none, required
+from pipeline.lm.sampling import check_untruncated
 
-# The TrainingArguments fields the PPO loop reads. The tracker fields are read by pipeline.tracking; ddp_* and
+# The TrainingArguments fields the PPO loop reads. The tracker fields are read by pipeline.common.tracking; ddp_* and
 # local_rank by the process-group start-up (args.device); deepspeed by Accelerate.
 HONOURED_TRAINING_ARGUMENTS = frozenset(
     [
@@ -114,7 +115,7 @@ class PPOConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "forward passes (rollout, reference, PPO epochs) on each batch's real tokens packed into rows, "
-            "each text attending only to itself (pipeline.packing): the padded batch's outputs without computing "
+            "each text attending only to itself (pipeline.lm.packing): the padded batch's outputs without computing "
             "its padding; every position gets logits, so it pays for short answers and small vocabularies, not "
             "for long prompts under a large vocabulary. Checked against the padded forward on the first batch"
         },
@@ -217,7 +218,7 @@ class PPOConfig(TrainingArguments):
         },
     )
 
-    # Checked by pipeline.config.parse_config against the keys a recipe or command line gives.
+    # Checked by pipeline.common.config.parse_config against the keys a recipe or command line gives.
     @staticmethod
     def refused_fields() -> set[str]:
         return unused_training_arguments()
@@ -246,7 +247,6 @@ class PPOConfig(TrainingArguments):
             )
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0: PPO needs sampled rollouts.")
-        from pipeline.sampling import check_untruncated
 
         check_untruncated(self.top_k, self.top_p, "PPO")
         for name in (

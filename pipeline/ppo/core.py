@@ -38,19 +38,6 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened
 
 
-def first_eos_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True on every token up to and including the first EOS; the whole row when there is no EOS."""
-    is_eos = responses == eos_token_id
-    # Number of EOS tokens strictly before each position: > 0 means we are past the first EOS.
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()
-    return eos_before == 0
-
-
-def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Replace everything after the first EOS by padding (generation may run on past it in a batch)."""
-    return torch.where(first_eos_mask(responses, eos_token_id), responses, pad_token_id)
-
-
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last True entry per row (the EOS, or the last token when the response never ended)."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)

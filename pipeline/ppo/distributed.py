@@ -14,8 +14,8 @@ from torch import nn
 from torch.distributed.fsdp import register_fsdp_forward_method
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
-from pipeline.config import UserError
-from pipeline.training import is_sharded
+from pipeline.common.config import UserError
+from pipeline.common.training import is_sharded
 
 
 def synced_generation(accelerator) -> bool | None:

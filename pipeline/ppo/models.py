@@ -7,7 +7,7 @@ With LoRA (the default) ONE frozen base model serves every role:
     value      a scalar head on the policy's last hidden state ("shared": one forward gives logits and values),
                or on a separate trainable adapter "value" ("adapter"), initialised from the reward model's
                LoRA adapter when it was trained on the same base (InstructGPT initialises V from the RM)
-The reward model is separate (`pipeline.scoring.RewardScorer`): it may have another tokenizer, or be a function.
+The reward model is separate (`pipeline.lm.scoring.RewardScorer`): it may have another tokenizer, or be a function.
 Full fine-tuning keeps a frozen copy of the SFT model as reference and supports the shared value head.
 """
 
@@ -22,9 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import UserError
-from pipeline.models import adapter_base_path, is_adapter_dir, load_base_of, load_model, same_model_path
-from pipeline.sampling import position_ids_from_mask, response_logits
+from pipeline.common.config import UserError
+from pipeline.common.models import (
+    adapter_base_path,
+    is_adapter_dir,
+    load_base_of,
+    load_model,
+    same_model_path,
+)
+from pipeline.lm.logprobs import response_logits
+from pipeline.lm.packing import position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 

@@ -21,28 +21,27 @@ from transformers import get_scheduler
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import entropy_from_logits
 
-from pipeline import outputs, tracking
-from pipeline.config import NonFiniteError, UserError
-from pipeline.health import CollapseWatch
-from pipeline.models import load_callable, load_tokenizer
-from pipeline.packing import check_packed_responses
-from pipeline.ppo import core, distributed
-from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from pipeline.ppo.models import POLICY, VALUE, load_policy
-from pipeline.ppo.timing import PHASES, PhaseTimer
-from pipeline.sampling import (
+from pipeline.analysis.health import CollapseWatch
+from pipeline.common import outputs, tracking
+from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.models import load_base_of, load_callable, load_tokenizer
+from pipeline.common.training import end_distributed, local_loading_from_now_on, report_engine
+from pipeline.lm.logprobs import response_logits, response_logprobs, sampled_logits
+from pipeline.lm.packing import check_packed_responses
+from pipeline.lm.sampling import (
+    first_eos_mask,
     generate,
     generation_config,
     load_prompts,
-    response_logits,
-    response_logprobs,
-    sampled_logits,
     sampling_summary,
     set_aside,
     tokenize_prompts,
 )
-from pipeline.scoring import RewardScorer
-from pipeline.training import end_distributed, local_loading_from_now_on, report_engine
+from pipeline.lm.scoring import RewardScorer
+from pipeline.ppo import core, distributed
+from pipeline.ppo.checkpoint import is_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.ppo.models import POLICY, VALUE, load_policy
+from pipeline.ppo.timing import PHASES, PhaseTimer
 
 
 class PPOTrainer:
@@ -207,7 +206,7 @@ class PPOTrainer:
                     args.local_rollout_forward_batch_size,
                     self.synced_gpus,
                 )
-            mask = core.first_eos_mask(responses, tok.eos_token_id)
+            mask = first_eos_mask(responses, tok.eos_token_id)
             input_ids = torch.cat([queries["input_ids"], responses], 1)
             attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
         R, chunk = responses.shape[1], args.local_rollout_forward_batch_size
@@ -491,7 +490,7 @@ class PPOTrainer:
         args, tok = self.args, self.tokenizer
         queries = tokenize_prompts(tok, self.gold_prompts, args.max_prompt_length, self.accelerator.device)
         responses = self._sample_held_out(queries)
-        mask = core.first_eos_mask(responses, tok.eos_token_id)
+        mask = first_eos_mask(responses, tok.eos_token_id)
         input_ids = torch.cat([queries["input_ids"], responses], 1)
         attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
         model, R, chunk = (
@@ -583,8 +582,6 @@ class PPOTrainer:
         """`out/merged`: the plain policy, the adapter already saved in `out` merged into its base."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
-
-        from pipeline.models import load_base_of
 
         merged_dir = out / "merged"
         if not hasattr(lm, "peft_config"):

@@ -31,7 +31,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from pipeline.outputs import checkpoints_dir
+from pipeline.common.outputs import checkpoints_dir
 from tests.benchmarks.common import (
     BENCH_DIR,
     ENGINE_CONFIGS,

@@ -16,7 +16,7 @@ from collections import defaultdict
 from datasets import load_from_disk
 
 from data_prep.task import explain_score
-from pipeline.scoring import RewardScorer, preference_margins
+from pipeline.lm.scoring import RewardScorer, preference_margins
 
 
 def main() -> None:

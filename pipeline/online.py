@@ -5,11 +5,11 @@ Each starts from the SFT stage's plain merged model (`<sft>/merged`) with a fres
 policy itself. Each writes what the SFT stage writes: the adapter + tokenizer at `output_dir`, a plain merged model
 in `merged/`, the trainer's log as `metrics.jsonl`, its run record; checkpoints in `<output_dir>.checkpoints/`.
 
-GRPO and RLOO score their samples through `pipeline.scoring.RewardScorer`, the scorer of PPO and evaluation,
+GRPO and RLOO score their samples through `pipeline.lm.scoring.RewardScorer`, the scorer of PPO and evaluation,
 handed to TRL as a reward *function*: TRL's own reward-model path decodes a completion without its EOS, which is
 not how our reward model was trained (it reads the score at the EOS of a finished answer). They sample on-policy:
 TRL sets only some sampling fields, so the model's own `generation_config` (no_repeat_ngram_size, bad_words_ids,
-...) is set aside while they train, as in PPO (`pipeline.sampling`).
+...) is set aside while they train, as in PPO (`pipeline.lm.sampling`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,22 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import ConfigError, UserError, nulls_to_none, required
-from pipeline.training import RunOutputArguments
+from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required
+from pipeline.common.models import is_adapter_dir, load_model, load_tokenizer
+from pipeline.common.outputs import checkpoints_dir, resolve_resume, run_identity
+from pipeline.common.tracking import TrackerCallback
+from pipeline.common.training import (
+    RunOutputArguments,
+    StopOnNonFinite,
+    begin_run,
+    check_quantized_needs_peft,
+    finish_training,
+    peft_config,
+    report_engine,
+    save_policy,
+)
+from pipeline.lm.sampling import check_untruncated, generation_config, load_prompts, our_config_only
+from pipeline.lm.scoring import RewardScorer
 
 ALTERNATIVES = ("grpo", "rloo", "dpo")
 
@@ -66,7 +80,6 @@ def sft_policy_path(name_or_path: str) -> str:
 
     The new adapter records this path as its base, so it must outlive the run: a merge made on the fly would not.
     """
-    from pipeline.models import is_adapter_dir
 
     if not Path(name_or_path).exists() or not is_adapter_dir(name_or_path):
         return name_or_path
@@ -83,9 +96,6 @@ def load_start_model(model_args, trust_remote_code: bool):
     """(model, tokenizer, start path): the SFT policy as a plain causal LM, through the one loader."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models import load_model, load_tokenizer
-    from pipeline.training import check_quantized_needs_peft
-
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path: the SFT stage's output (runs/<recipe>/sft).")
     check_quantized_needs_peft(model_args)
@@ -101,7 +111,6 @@ def load_start_model(model_args, trust_remote_code: bool):
 def check_on_policy(training_args, stage: str) -> None:
     """TRL computes the sampled tokens' log-probs from softmax(logits / temperature) over the whole vocabulary, the
     distribution its ratios and KL assume: a truncating or reshaping sampler would make the updates off-policy."""
-    from pipeline.sampling import check_untruncated
 
     check_untruncated(training_args.top_k, training_args.top_p, stage)
     if training_args.min_p not in (None, 0.0) or training_args.repetition_penalty != 1.0:
@@ -143,8 +152,6 @@ class ScoredReward:
 
 
 def reward_function(script_args: OnlineScriptArguments, model_args, tokenizer, device, remote_code: bool):
-    from pipeline.scoring import RewardScorer
-
     scorer = RewardScorer(script_args.reward_model_path, script_args.reward_fn, model_args, device,
                           script_args.reward_batch_size, remote_code)  # fmt: skip
     name = "reward_model" if script_args.reward_model_path else script_args.reward_fn.rsplit(":", 1)[-1]
@@ -159,11 +166,6 @@ def train_policy(stage: str, config_types, args, load_data, build_trainer, callb
     written or loaded, start the run, build the TRL trainer with `build_trainer(script_args, training_args,
     model_args, model, tokenizer, data, callbacks) -> (trainer, context)`, train inside `context` (resuming when
     asked), save the policy; returns the metrics."""
-
-    from pipeline.config import parse_config
-    from pipeline.outputs import checkpoints_dir, resolve_resume, run_identity
-    from pipeline.tracking import TrackerCallback
-    from pipeline.training import StopOnNonFinite, begin_run, finish_training, report_engine, save_policy
 
     script_args, training_args, model_args = parse_config(config_types, args)
     data = load_data(script_args, training_args)
@@ -201,13 +203,9 @@ def write_log(trainer, folder: Path) -> None:
 
 def train_online(stage: str, trainer_class, config_types, args, callbacks=None) -> dict:
     """GRPO or RLOO: TRL's trainer on our prompts, scored by our scorer, sampling with our settings only."""
-    from pipeline.sampling import generation_config, our_config_only
-    from pipeline.training import peft_config
 
     def load_data(script_args, training_args):
         from datasets import Dataset
-
-        from pipeline.sampling import load_prompts
 
         check_on_policy(training_args, stage.upper())
         return Dataset.from_dict({"prompt": load_prompts(script_args.prompts_path, "prompt")})

@@ -4,14 +4,14 @@ The model is `AutoModelForSequenceClassification` with one output (the reward, r
 started from the base model or from the SFT model (an SFT adapter dir is merged into its base first). The loss
 is -log sigmoid(r_chosen - r_rejected - margin), with the data's `margin` column when it has one
 (`use_margin: false` ignores it). Held-out pair accuracy is measured on the saved model with the scorer PPO and
-evaluation use (`pipeline.scoring`), every process scoring its share on its own device, and saved to
+evaluation use (`pipeline.lm.scoring`), every process scoring its share on its own device, and saved to
 `eval_results.json`. `packing: true` trains on each batch's texts packed into rows, no padding computed, with the
-padded batch's rewards and gradients (`pipeline.packing`).
+padded batch's rewards and gradients (`pipeline.lm.packing`).
 
     python -m pipeline.reward --config recipes/tiny/reward.yaml
 
 Output (`output_dir`): a PLAIN reward model + tokenizer (LoRA merged in, `config.pad_token_id` set), so PPO and
-users load it with no PEFT involved. Its pad token is never the EOS (`pipeline.models.distinct_pad_token`: an
+users load it with no PEFT involved. Its pad token is never the EOS (`pipeline.common.models.distinct_pad_token`: an
 unused special token, or an added one), so the score of a finished answer is read at its EOS:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -21,7 +21,7 @@ unused special token, or an added one), so the score of a finished answer is rea
     reward = model(**batch).logits[0, 0]
 
 With LoRA it also keeps the adapter (incl. the trained score head) in `adapter/`. Checkpoints go to
-`<output_dir>.checkpoints/` (`pipeline.outputs`); `--resume_from_checkpoint true` continues from the last one. The
+`<output_dir>.checkpoints/` (`pipeline.common.outputs`); `--resume_from_checkpoint true` continues from the last one. The
 tokenizer's `model_max_length` is the training `max_length`: longer texts are scored on their last tokens.
 """
 
@@ -34,9 +34,15 @@ from pathlib import Path
 
 from trl import RewardConfig
 
-from pipeline.config import UserError, parse_config, required, run_main
-from pipeline.models import is_adapter_dir, load_model, merge_adapter
-from pipeline.outputs import (
+from pipeline.common.config import UserError, parse_config, required
+from pipeline.common.models import (
+    distinct_pad_token,
+    is_adapter_dir,
+    load_model,
+    load_tokenizer,
+    merge_adapter,
+)
+from pipeline.common.outputs import (
     checkpoints_dir,
     publish,
     resolve_resume,
@@ -44,8 +50,8 @@ from pipeline.outputs import (
     staging_dir,
     write_run,
 )
-from pipeline.tracking import TrackerCallback
-from pipeline.training import (
+from pipeline.common.tracking import TrackerCallback
+from pipeline.common.training import (
     LoraModelConfig,
     RunOutputArguments,
     StopOnNonFinite,
@@ -59,6 +65,9 @@ from pipeline.training import (
     save_trained_weights,
     tokens_per_second,
 )
+from pipeline.lm.scoring import RewardScorer, accuracy, sharded_margins
+from pipeline.reward.grouped import GroupCollator, GroupedRewardTrainer, group_pairs
+from pipeline.reward.packed import PackedRewardTrainer
 
 
 @dataclass
@@ -76,12 +85,12 @@ class RewardScriptArguments(RunOutputArguments):
     grouped: bool = field(
         default=False,
         metadata={"help": "InstructGPT's ranking loss: all pairs of a prompt in one batch element, each answer "
-                  "scored once (pipeline.ranking); per_device_train_batch_size then counts prompts"},
+                  "scored once (pipeline.reward.grouped); per_device_train_batch_size then counts prompts"},
     )  # fmt: skip
     packing: bool = field(
         default=False,
         metadata={"help": "pack each batch's chosen and rejected texts into rows of max_length tokens, each text "
-                  "attending only to itself (pipeline.packing): the padded batch's loss and gradients without the "
+                  "attending only to itself (pipeline.lm.packing): the padded batch's loss and gradients without the "
                   "padding; the first batch is checked against unpacked scoring"},
     )  # fmt: skip
 
@@ -158,8 +167,6 @@ def main(args=None, callbacks=None):
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from pipeline.models import distinct_pad_token, load_tokenizer
-
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
     identity = run_identity("reward", (script_args, training_args, model_args))
     tracker = TrackerCallback("reward", training_args.output_dir, training_args, script_args, model_args)
@@ -205,8 +212,6 @@ def main(args=None, callbacks=None):
     else:
         trainer_class, extra = RewardTrainer, {}
         if script_args.packing:
-            from pipeline.packing import PackedRewardTrainer
-
             trainer_class, extra = PackedRewardTrainer, {"pack_width": training_args.max_length or 1024}
         trainer = trainer_class(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                                 processing_class=tokenizer, peft_config=peft_config(model_args), callbacks=callbacks,
@@ -253,10 +258,8 @@ def main(args=None, callbacks=None):
 
 
 def grouped_trainer(model, training_args, model_args, pairs, tokenizer, callbacks):
-    """The grouped ranking loss (pipeline.ranking) on transformers' Trainer, LoRA wrapped here as TRL would."""
+    """The grouped ranking loss (pipeline.reward.grouped) on transformers' Trainer, LoRA wrapped here as TRL would."""
     from datasets import Dataset
-
-    from pipeline.ranking import GroupCollator, GroupedRewardTrainer, group_pairs
 
     config = peft_config(model_args)
     if config is not None:
@@ -282,11 +285,10 @@ def merge_reward_adapter(tmp: Path, tokenizer, start: str, model_args, remote_co
 
 
 def heldout_accuracy(model_dir: str, pairs, training_args, accelerator) -> dict:
-    """Accuracy of the saved reward model on `pairs`, scored as PPO and evaluation score (`pipeline.scoring`).
+    """Accuracy of the saved reward model on `pairs`, scored as PPO and evaluation score (`pipeline.lm.scoring`).
 
     Every process scores a contiguous share on its own device (`accelerator.device`), so an 8B reward model is
     never run over thousands of pairs on one CPU while the other ranks wait for it."""
-    from pipeline.scoring import RewardScorer, accuracy, sharded_margins
 
     scorer = RewardScorer(model_dir, device=accelerator.device, batch_size=training_args.per_device_eval_batch_size,
                           trust_remote_code=training_args.trust_remote_code)  # fmt: skip
@@ -295,7 +297,3 @@ def heldout_accuracy(model_dir: str, pairs, training_args, accelerator) -> dict:
     del scorer
     return {"eval_accuracy": accuracy(margins), "eval_pairs": len(margins), "eval_pairs_per_process": counts,
             "eval_device": accelerator.device.type}  # fmt: skip
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.common.tables import cell, markdown_table, number
+
 SFT_COLOR, PPO_COLOR = "#4C72B0", "#DD8452"
 
 # (title, y label, candidate metrics.jsonl keys: first present wins per line, label per line)
@@ -260,28 +262,6 @@ def plot_leaderboard(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _cell(text: str, limit: int = 220) -> str:
-    """Markdown-table-safe text: one line, pipes escaped, long answers cut."""
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|") or "*(empty)*"
-
-
-def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
-    """A markdown table of plain values (numbers with 3 decimals); the trackers' text form of a table too."""
-    cells = [[_fmt(v) if isinstance(v, float) else _cell(v) for v in row] for row in rows]
-    return [
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *("| " + " | ".join(r) + " |" for r in cells),
-    ]
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def sample_table(records: list[dict], n: int) -> list[str]:
     labeled = records and records[0].get("sft_labeler_score") is not None
     key = "labeler_score" if labeled else "reward_model_score"
@@ -292,14 +272,14 @@ def sample_table(records: list[dict], n: int) -> list[str]:
     for r in records[:n]:
         prompt = r["prompt"].replace("\n\nHuman:", " Human:").replace("\n\nAssistant:", " Assistant:")
         lines.append(
-            f"| {_cell(prompt, 120)} | {_cell(r['sft_response'])} | {_fmt(r[f'sft_{key}'])} "
-            f"| {_cell(r['ppo_response'])} | {_fmt(r[f'ppo_{key}'])} |"
+            f"| {cell(prompt, 120)} | {cell(r['sft_response'])} | {number(r[f'sft_{key}'])} "
+            f"| {cell(r['ppo_response'])} | {number(r[f'ppo_{key}'])} |"
         )
     return lines
 
 
 def warning_box(result: dict) -> list[str]:
-    """A blockquote at the top of the report, one line per failed check of `pipeline.health`, with its numbers
+    """A blockquote at the top of the report, one line per failed check of `pipeline.analysis.health`, with its numbers
     (plus the evaluation's own: too few prompts to tell the policies apart)."""
     if not result.get("warnings"):
         return []
@@ -338,20 +318,20 @@ def write_report(
         "",
         "| | SFT | PPO |",
         "|---|---|---|",
-        f"| reward-model score (mean) | {_fmt(result['sft_reward_model_score'])} | {_fmt(result['ppo_reward_model_score'])} |",
+        f"| reward-model score (mean) | {number(result['sft_reward_model_score'])} | {number(result['ppo_reward_model_score'])} |",
     ]
     if result.get("sft_labeler_score") is not None:
         lines.append(
-            f"| labeler score (mean) | {_fmt(result['sft_labeler_score'])} | {_fmt(result['ppo_labeler_score'])} |"
+            f"| labeler score (mean) | {number(result['sft_labeler_score'])} | {number(result['ppo_labeler_score'])} |"
         )
     lines += [
-        f"| response length (tokens) | {_fmt(policies['sft']['response_length_mean'])} "
-        f"| {_fmt(policies['ppo']['response_length_mean'])} |",
-        f"| answers that ended (EOS) | {_fmt(policies['sft']['ended_fraction'])} | {_fmt(policies['ppo']['ended_fraction'])} |",
+        f"| response length (tokens) | {number(policies['sft']['response_length_mean'])} "
+        f"| {number(policies['ppo']['response_length_mean'])} |",
+        f"| answers that ended (EOS) | {number(policies['sft']['ended_fraction'])} | {number(policies['ppo']['ended_fraction'])} |",
         "",
-        f"- **KL(PPO ‖ SFT)**: {_fmt(result['kl_ppo_from_sft'])} nats per answer (on PPO's samples).",
+        f"- **KL(PPO ‖ SFT)**: {number(result['kl_ppo_from_sft'])} nats per answer (on PPO's samples).",
         f"- **Reward-model accuracy** on {counts['num_preference_pairs']} held-out preference pairs: "
-        f"{_fmt(result['reward_model_accuracy'])} (chance: 0.5).",
+        f"{number(result['reward_model_accuracy'])} (chance: 0.5).",
     ]
     if result.get("sft_labeler_score") is not None:
         rm_gain = result["ppo_reward_model_score"] - result["sft_reward_model_score"]

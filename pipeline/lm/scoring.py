@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.config import UserError
-from pipeline.models import load_callable, load_reward_model, load_tokenizer, use_distinct_pad
+from pipeline.common.config import UserError
+from pipeline.common.models import load_callable, load_reward_model, load_tokenizer, use_distinct_pad
 
 UNLIMITED = 10**6  # tokenizers without a length limit report int(1e30) as model_max_length
 

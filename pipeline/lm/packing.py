@@ -6,14 +6,21 @@ for sdpa and eager attention. The loss is then the padded batch's loss, without 
 stage's dialogues are 33 tokens against a batch's longest ~52, so a third of each padded step was waste.
 
 - `PackedCollator`: language modelling on rows packed ahead of time (TRL's `pack_dataset`), for the base stage.
-- `PackedPairCollator` + `PackedRewardTrainer`: TRL's `RewardTrainer` with each batch's chosen and rejected texts
-  packed into rows; the reward of a text is the score head on its last token, as the padded model reads it.
+- `packed_rewards` / `keeps_texts_apart`: a reward model's score of packed texts, and the check that a model's
+  attention really keeps them apart (the reward stage's `reward/packed.py` trains on them).
+- `packed_response_logits`: PPO's response logits from packed rows (`lm.logprobs.response_logits(packed=True)`).
 """
 
 from __future__ import annotations
 
 import torch
-from trl import RewardTrainer
+
+from pipeline.common.config import UserError
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def best_fit_rows(lengths: list[int], width: int) -> list[list[int]]:
@@ -82,31 +89,9 @@ class PackedCollator:
         return {key: batch[key] for key in ("input_ids", "position_ids", "labels")}
 
 
-class PackedPairCollator:
-    """TRL's preference examples (`chosen_ids`, `rejected_ids`[, `margin`]) -> every chosen then every rejected
-    text packed into rows of `width` tokens. `attention_mask` marks real tokens (TRL counts them); the model is
-    never given it, since a mask turns the per-text blocks off."""
-
-    def __init__(self, pad_token_id: int, width: int):
-        self.pad_token_id, self.width = pad_token_id, width
-
-    def __call__(self, examples: list[dict]) -> dict:
-        texts = [list(e["chosen_ids"]) for e in examples] + [list(e["rejected_ids"]) for e in examples]
-        packed = packed_batch(
-            texts, best_fit_rows([len(t) for t in texts], self.width), self.pad_token_id, True
-        )
-        batch = {key: packed[key] for key in ("input_ids", "position_ids", "ends")}
-        batch["attention_mask"] = packed["real"]
-        if "margin" in examples[0]:
-            batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
-        return batch
-
-
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
     """The sequence-classification head (`score`, as transformers' causal-LM classifiers name it), under PEFT,
     DDP or DeepSpeed wrappers."""
-    from pipeline.config import UserError
-
     inner = model
     for attribute in ("module", "base_model", "model"):  # DDP/DeepSpeed, PEFT's PeftModel, PEFT's LoraModel
         while hasattr(inner, attribute) and not hasattr(inner, "score"):
@@ -127,61 +112,6 @@ def packed_rewards(model, input_ids, position_ids, ends) -> torch.Tensor:
     )
     hidden = outputs.hidden_states[-1].flatten(0, 1)[ends]
     return score_head(model)(hidden).float()
-
-
-class _PackedModel:
-    """Stands in for the model inside TRL's compute_loss: returns the packed texts' rewards as `logits`."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, input_ids, position_ids, ends, **_ignored):  # attention_mask, margin, use_cache
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
-        return SequenceClassifierOutput(logits=packed_rewards(self.model, input_ids, position_ids, ends))
-
-
-class PackedRewardTrainer(RewardTrainer):
-    """TRL's RewardTrainer (its loss, margin, reward centering, metrics) on packed rows: the same rewards and
-    gradients as the padded batch, without the padding. Before training, a few training pairs are scored packed and
-    one by one; a model whose attention lets packed texts see each other trains padded, with a warning."""
-
-    def __init__(self, *args, pack_width: int, **kwargs):
-        from transformers.integrations import is_deepspeed_zero3_enabled
-
-        super().__init__(*args, **kwargs)
-        collator = PackedPairCollator(self.processing_class.pad_token_id, pack_width)
-        # Under ZeRO-3 the weights are partitioned until training starts: the check waits for the first batch, and
-        # a failure there is an error (the data loader is built by then).
-        self.check_first_batch = is_deepspeed_zero3_enabled()
-        if self.check_first_batch:
-            self.packed = True
-        else:
-            sample = collator([self.train_dataset[i] for i in range(min(8, len(self.train_dataset)))])
-            self.packed = keeps_texts_apart(self.model, sample)
-        if self.packed:
-            self.data_collator = collator
-            self.args.remove_unused_columns = False
-        else:
-            print(
-                f"packing: {type(self.model).__name__}'s attention does not keep packed texts apart (a text's reward "
-                "changes with the text before it); training the reward model padded. Set packing: false to skip "
-                "this check.",
-                flush=True,
-            )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.check_first_batch:
-            self.check_first_batch = False
-            if not keeps_texts_apart(model, inputs):
-                from pipeline.config import UserError
-
-                raise UserError(
-                    "packing: this model's attention does not keep packed texts apart (a text's reward changes with "
-                    "the text before it). Set packing: false in the reward recipe."
-                )
-        scorer = _PackedModel(model) if self.packed else model
-        return super().compute_loss(scorer, inputs, return_outputs, num_items_in_batch)
 
 
 @torch.no_grad()
@@ -211,7 +141,7 @@ def keeps_texts_apart(model, inputs: dict) -> bool:
 
 def packed_response_logits(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
                            **kwargs):  # fmt: skip
-    """`sampling.response_logits` without the padding: each row's real tokens (left-padded prompt, response up to
+    """`logprobs.response_logits` without the padding: each row's real tokens (left-padded prompt, response up to
     its EOS) packed into rows twice as wide as the batch, the outputs put back in the padded layout. `.logits` (B, R, V)
     predicts each response token; with `output_hidden_states`, `.hidden_states[-1]` (B, R + 1, D) is the final hidden
     state at the last prompt token and at each response token, so `[:, -R - 1 : -1]` reads as on the padded batch.
@@ -219,8 +149,6 @@ def packed_response_logits(lm, input_ids: torch.Tensor, attention_mask: torch.Te
 
     All positions get logits (the rows mix prompt and response tokens), so with a large vocabulary and long prompts
     the vocabulary projection can cost more than the padding saved: an option, not the default."""
-    from pipeline.sampling import position_ids_from_mask
-
     batch, width = input_ids.shape
     real = attention_mask.bool()
     lengths = real.sum(1)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.config import ConfigError, UserError
+from pipeline.common.config import ConfigError, UserError
+from pipeline.common.tables import markdown_table
 
 SUPPORTED = ("tensorboard", "trackio", "wandb")
 INSTALL = 'pip install -e ".[trackers]"'
@@ -204,8 +205,6 @@ class TensorBoard:
         self.writer.flush()
 
     def table(self, key, columns, rows, step):
-        from pipeline.report import markdown_table
-
         self.writer.add_text(key, "\n".join(markdown_table(columns, rows)), step)
         self.writer.flush()
 

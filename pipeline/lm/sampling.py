@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from pipeline.ppo.core import truncate_after_eos
+from pipeline.common.config import ConfigError, UserError
 
 # Each field that can change which token is drawn, at the value that turns its logits processor (or decoding
 # mode) off. The neutral value of the others (bad_words_ids, sequence_bias, suppress_tokens, min_new_tokens,
@@ -36,7 +36,6 @@ _NOT_SAMPLING = {"transformers_version", "_from_model_config"}
 
 def check_untruncated(top_k: int | None, top_p: float, stage: str) -> None:
     """Refuse top-k / top-p sampling: the log-probs are computed over the whole vocabulary."""
-    from pipeline.config import ConfigError
 
     if (top_k or 0) != 0 or top_p != 1.0:
         raise ConfigError(
@@ -101,8 +100,6 @@ def load_prompts(path: str | None, field: str) -> list[str]:
     """The `field` column of a saved prompt data set (a DatasetDict: its train split), for PPO and the TRL stages."""
     from datasets import load_from_disk
 
-    from pipeline.config import UserError
-
     if path is None:
         return []
     if not Path(path).exists():
@@ -166,50 +163,14 @@ def generate(
     return torch.cat(responses)
 
 
-# --- response log-probs --------------------------------------------------------------------------------------
+def first_eos_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True on every token up to and including the first EOS; the whole row when there is no EOS."""
+    is_eos = responses == eos_token_id
+    # Number of EOS tokens strictly before each position: > 0 means we are past the first EOS.
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos.long()
+    return eos_before == 0
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, so a left-padded row sees the same positions as an unpadded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def response_logits(
-    lm,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_length: int,
-    packed: bool = False,
-    **kwargs,
-):
-    """The model output whose `.logits` (B, R, V) predict each of the last `response_length` tokens.
-
-    Positions count real tokens only (left padding would shift learned absolute positions, as in GPT-2), and the
-    vocabulary projection is computed for the response positions alone (`logits_to_keep`). `packed`: the same
-    outputs from the batch's real tokens packed into rows, no padding computed (`pipeline.packing`)."""
-    if packed:
-        from pipeline.packing import packed_response_logits
-
-        return packed_response_logits(lm, input_ids, attention_mask, response_length, **kwargs)
-    out = lm(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=response_length + 1,
-        use_cache=False,
-        **kwargs,
-    )
-    out.logits = out.logits[:, :-1]
-    return out
-
-
-def sampled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The logits of the distribution responses are drawn from, softmax(logits / T): log-probs and entropy."""
-    return logits / (temperature + 1e-7)
-
-
-def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token | context) of each response token at the sampling temperature: (B, R)."""
-    from trl.trainer.utils import selective_log_softmax
-
-    return selective_log_softmax(sampled_logits(logits, temperature), responses)
+def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Replace everything after the first EOS by padding (generation may run on past it in a batch)."""
+    return torch.where(first_eos_mask(responses, eos_token_id), responses, pad_token_id)

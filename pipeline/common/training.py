@@ -2,7 +2,7 @@
 record of its base revision, the final save and the end of a distributed run.
 
 These stages train with a TRL trainer whose `output_dir` is the run's checkpoint folder next to the final artifact
-(`pipeline.outputs`: `runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and
+(`pipeline.common.outputs`: `runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and
 renamed into place at the very end.
 """
 
@@ -16,7 +16,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import ModelConfig
 
-from pipeline.config import NonFiniteError, UserError
+from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.models import is_quantized, merge_adapter
+from pipeline.common.outputs import (
+    check_run,
+    list_checkpoints,
+    publish,
+    remove_checkpoints,
+    staging_dir,
+    start_run,
+    write_run,
+)
 
 
 @dataclass
@@ -46,8 +56,6 @@ class LoraModelConfig(ModelConfig):
 
 
 def check_quantized_needs_peft(model_args) -> None:
-    from pipeline.models import is_quantized
-
     if is_quantized(model_args) and not model_args.use_peft:
         raise UserError("load_in_4bit/load_in_8bit train only through an adapter: set use_peft true (QLoRA).")
 
@@ -99,9 +107,6 @@ def save_policy(trainer, tokenizer, final_dir: Path, identity: dict, merge: bool
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline.models import merge_adapter
-    from pipeline.outputs import publish, staging_dir, write_run
-
     check_finite_weights(trainer)
     tmp = staging_dir(final_dir, trainer.is_world_process_zero())
     save_trained_weights(trainer, tmp)
@@ -140,8 +145,6 @@ class StopOnNonFinite(TrainerCallback):
         self.final_dir = final_dir
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from pipeline.outputs import list_checkpoints
-
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if isinstance(value, float | int) and not math.isfinite(value):
@@ -153,7 +156,6 @@ class StopOnNonFinite(TrainerCallback):
 def begin_run(identity: dict, final_dir: Path, resume, overwrite: bool, training_args) -> None:
     """The run-identity check on every rank, then the main process empties the work folder and records the run
     while the other ranks wait (before anything, the start model of the reward stage included, is written there)."""
-    from pipeline.outputs import check_run, start_run
 
     check_run(identity, final_dir, resume, overwrite)
     with training_args.main_process_first(local=False, desc="recording the run"):
@@ -173,7 +175,6 @@ def check_finite_weights(trainer) -> None:
 
 def finish_training(trainer, output_dir: Path, keep: bool) -> None:
     """The end of a successful run: drop the checkpoints (unless `keep`) and shut down the process group."""
-    from pipeline.outputs import remove_checkpoints
 
     if not keep and trainer.is_world_process_zero():
         remove_checkpoints(output_dir)

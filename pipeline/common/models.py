@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 
 
 def is_adapter_dir(path: str | Path) -> bool:

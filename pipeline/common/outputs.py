@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import UserError
+from pipeline.common.config import UserError
 
 RESUME_LATEST = ("true", "latest")
 RESUME_NEVER = ("", "false", "none", "null")
