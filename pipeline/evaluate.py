@@ -35,9 +35,10 @@ from pipeline.common.models import (
     same_model_path,
 )
 from pipeline.common.outputs import fingerprint, read_run
-from pipeline.lm.logprobs import response_logits, response_logprobs
+from pipeline.lm.logprobs import sequence_logprobs
 from pipeline.lm.sampling import (
     check_untruncated,
+    decode_responses,
     first_eos_mask,
     generate,
     generation_config,
@@ -228,32 +229,6 @@ def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int,
     return queries, responses
 
 
-def response_mask(responses, eos_token_id: int):
-    """Tokens of each response up to and including its first EOS."""
-
-    return first_eos_mask(responses, eos_token_id)
-
-
-def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
-    """Sum over response tokens of log pi(token | context) at `temperature` (one batch), as PPO computes it."""
-    import torch
-
-    input_ids = torch.cat([query["input_ids"], responses], dim=1)
-    attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
-    with torch.no_grad():
-        logits = response_logits(model, input_ids, attention_mask, responses.shape[1]).logits
-    return (response_logprobs(logits, responses, temperature) * mask).sum(1)
-
-
-def decode(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]]:
-    ended = (responses == tokenizer.eos_token_id).any(1).tolist()
-    lengths = mask.sum(1).tolist()
-    texts = tokenizer.batch_decode(
-        responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
-    )
-    return texts, ended, lengths
-
-
 # --- the evaluation ----------------------------------------------------------------------------------------
 
 
@@ -300,7 +275,7 @@ def _store_logprobs(records, name: str, model, queries, responses, tokenizer, te
     """`<name>_logprob`: log-probability of each answer under `model` (the entropy and KL estimates use it)."""
     i = 0
     for query, batch in zip(queries, responses):
-        mask = response_mask(batch, tokenizer.eos_token_id)
+        mask = first_eos_mask(batch, tokenizer.eos_token_id)
         for value in sequence_logprobs(model, query, batch, mask, temperature).tolist():
             records[i][f"{name}_logprob"] = value
             i += 1
@@ -309,8 +284,8 @@ def _store_logprobs(records, name: str, model, queries, responses, tokenizer, te
 def _store(records: list[dict], name: str, tokenizer, responses) -> None:
     i = 0
     for batch in responses:
-        mask = response_mask(batch, tokenizer.eos_token_id)
-        for text, ended, length in zip(*decode(tokenizer, batch, mask)):
+        mask = first_eos_mask(batch, tokenizer.eos_token_id)
+        for text, ended, length in zip(*decode_responses(tokenizer, batch, mask)):
             records[i].update({f"{name}_response": text, f"{name}_ended": ended, f"{name}_length": length})
             i += 1
 

@@ -258,7 +258,7 @@ def one_row(row: dict, i: int) -> dict:
 def test_left_padded_batch_scores_each_row_as_alone(run, ppo_lora, ppo_full):
     """Policy log-probs, values, reference log-probs and evaluation's log-probs of a left-padded batch equal
     those of each row alone (the same positions and mask per row in every forward)."""
-    from pipeline.evaluate import sequence_logprobs
+    from pipeline.lm.logprobs import sequence_logprobs
 
     trainer = {"lora": ppo_lora, "full": ppo_full}[run]
     batch = trainer.rollout(trainer.prompts[:4])

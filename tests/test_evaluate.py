@@ -225,7 +225,9 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
     from trl import ModelConfig
 
     from pipeline.common.models import load_tokenizer
-    from pipeline.evaluate import EvalArguments, load_policy, response_mask, sample, sequence_logprobs
+    from pipeline.evaluate import EvalArguments, load_policy, sample
+    from pipeline.lm.logprobs import sequence_logprobs
+    from pipeline.lm.sampling import first_eos_mask
 
     args = EvalArguments(run_dir="unused", batch_size=4, max_new_tokens=12, temperature=0.7)
     tokenizer = load_tokenizer(str(tiny_sft))
@@ -234,7 +236,7 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
     prompts[1] = "\n\nHuman: Hi! Please, I really want to learn a lot about cats and dogs.\n\nAssistant:"
     (query,), (responses,) = sample(model, tokenizer, prompts, args, seed=0)
     assert query["attention_mask"].min() == 0  # prompts of different lengths: left padding is exercised
-    mask = response_mask(responses, tokenizer.eos_token_id)
+    mask = first_eos_mask(responses, tokenizer.eos_token_id)
     batched = sequence_logprobs(model, query, responses, mask, 0.7)
     for i in range(len(prompts)):
         prompt_ids = query["input_ids"][i][query["attention_mask"][i].bool()]

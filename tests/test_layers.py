@@ -142,5 +142,7 @@ def test_a_cycle_inside_one_layer_is_found(tmp_path):
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(path.read_text())
     packing = tmp_path / "pipeline/lm/packing.py"
-    packing.write_text(packing.read_text() + "\n\ndef _late():\n    from pipeline.lm.logprobs import response_logits\n")
+    packing.write_text(
+        packing.read_text() + "\n\ndef _late():\n    from pipeline.lm.logprobs import response_logits\n"
+    )
     assert import_cycles(tmp_path) == [["pipeline.lm.packing", "pipeline.lm.logprobs", "pipeline.lm.packing"]]

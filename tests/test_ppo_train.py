@@ -50,7 +50,7 @@ def labeler_eval(policy_dir: Path, sft_dir: Path, prompts: list[str], seed: int 
 
     from data_prep.task import labeler_scores
     from pipeline.common.models import adapter_base_path
-    from pipeline.evaluate import sequence_logprobs
+    from pipeline.lm.logprobs import sequence_logprobs
     from pipeline.lm.sampling import first_eos_mask, tokenize_prompts
 
     def load(path):

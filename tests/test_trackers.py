@@ -325,7 +325,7 @@ def test_missing_tracker_package_is_one_line_naming_the_extra(stage, tracker, mo
 
 
 def test_report_to_values_and_what_the_tracked_config_keeps(monkeypatch):
-    from pipeline import tracking
+    from pipeline.common import tracking
     from pipeline.ppo.config import PPOConfig
 
     assert tracking.trackers("none") == [] and tracking.trackers(None) == []

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.common.config import UserError
+from pipeline.common.redact import public_items
 
 RESUME_LATEST = ("true", "latest")
 RESUME_NEVER = ("", "false", "none", "null")
@@ -152,7 +153,6 @@ OPERATIONAL = {
 # A resume may also change how long the run trains: the new length applies (the LR schedule then spans it).
 RESUME_MAY_CHANGE = {"max_steps", "num_train_epochs", "total_episodes"}
 OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "trackio_", "push_to_hub_")
-SECRET_WORDS = ("token", "secret", "password")
 # Files a fingerprint skips: logs and reports that differ between two runs that wrote the same model or data.
 # (`datasets` also writes its map caches, cache-*.arrow, into a data set's folder while a stage reads it.)
 UNFINGERPRINTED = (
@@ -198,16 +198,7 @@ def fingerprint(path: str | Path) -> str | None:
 def run_identity(stage: str, configs) -> dict:
     """What a run is: its stage, every config field that is not secret (plain JSON values) and a fingerprint of
     each local input path it names."""
-    import dataclasses
-    import json
-
-    config: dict = {}
-    for c in configs:
-        items = c.to_dict() if hasattr(c, "to_dict") else dataclasses.asdict(c)
-        for key, value in items.items():
-            if key.startswith("_") or any(word in key for word in SECRET_WORDS):
-                continue
-            config[key] = json.loads(json.dumps(value, default=str))
+    config = public_items(*configs)
     inputs = {
         key: fingerprint(value)
         for key, value in config.items()

@@ -20,27 +20,22 @@ folder (`WANDB_MODE=offline` for offline runs); Trackio to its own local store (
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
-import re
 import secrets
-import sys
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from pipeline.common.config import ConfigError, UserError
+from pipeline.common.redact import argv_without_secrets, public_items
 from pipeline.common.tables import markdown_table
 
 SUPPORTED = ("tensorboard", "trackio", "wandb")
 INSTALL = 'pip install -e ".[trackers]"'
 PASSTHROUGH = ("kubeflow",)  # transformers adds it by itself inside a Kubeflow TrainJob; left to transformers
-SECRET_KEY = re.compile(r"(token|api_key|apikey|secret|password)$", re.IGNORECASE)
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "TRACKIO_WRITE_TOKEN")
 IDENTITY_FILE = "tracking.json"
 
 
@@ -62,18 +57,12 @@ def trackers(report_to) -> list[str]:
 
 
 def public_config(*configs) -> dict:
-    """The configs as one flat dict of plain values, with no key or value that holds a token."""
-    known = [os.environ[v] for v in SECRET_ENV if os.environ.get(v)]
-    out = {}
-    for config in configs:
-        items = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
-        for key, value in items.items():
-            if not isinstance(value, str | int | float | bool | type(None)):
-                value = json.dumps(value, default=str)
-            if key.startswith("_") or SECRET_KEY.search(key) or any(s in str(value) for s in known):
-                continue
-            out[key] = value
-    return out
+    """The configs as one flat dict of plain values (lists and dicts as JSON text), with no secret
+    (`pipeline.common.redact`)."""
+    return {
+        key: value if isinstance(value, str | int | float | bool | type(None)) else json.dumps(value)
+        for key, value in public_items(*configs).items()
+    }
 
 
 def read_identity(path: Path) -> dict | None:
@@ -277,7 +266,7 @@ class WandB:
         identity.setdefault(self.KEY, secrets.token_hex(4))
         identity.setdefault("wandb_dir", os.environ.get("WANDB_DIR") or str(folder))
         Path(identity["wandb_dir"]).mkdir(parents=True, exist_ok=True)
-        with _argv_without_secrets():  # W&B keeps a copy of the command line
+        with argv_without_secrets():  # W&B keeps a copy of the command line
             self.run = wandb.init(
                 project=identity["wandb_project"],
                 name=identity["name"],
@@ -308,27 +297,6 @@ class WandB:
 
 
 BACKENDS = {"tensorboard": TensorBoard, "trackio": Trackio, "wandb": WandB}
-
-
-@contextlib.contextmanager
-def _argv_without_secrets():
-    known = [os.environ[v] for v in SECRET_ENV if os.environ.get(v)]
-    saved, redact = sys.argv, False
-    argv = []
-    for arg in saved:
-        flag = arg.split("=", 1)[0].lstrip("-")
-        secret = (
-            redact
-            or any(s in arg for s in known)
-            or (arg.startswith("-") and "=" in arg and SECRET_KEY.search(flag))
-        )
-        argv.append("<redacted>" if secret else arg)
-        redact = arg.startswith("-") and "=" not in arg and bool(SECRET_KEY.search(flag))
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 # --- the Trainer stages (base, SFT, reward) ---------------------------------------------------------------------

@@ -45,3 +45,13 @@ def sampled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
     """log pi(token | context) of each response token at the sampling temperature: (B, R)."""
     return selective_log_softmax(sampled_logits(logits, temperature), responses)
+
+
+def sequence_logprobs(model, query: dict, responses, mask, temperature: float):
+    """Sum over response tokens (`mask`) of log pi(token | context) at `temperature`, for one batch of left-padded
+    `query` and `responses`: what PPO's rollout computes per token, summed per answer (evaluation, held-out KL)."""
+    input_ids = torch.cat([query["input_ids"], responses], dim=1)
+    attention_mask = torch.cat([query["attention_mask"], mask.long()], dim=1)
+    with torch.no_grad():
+        logits = response_logits(model, input_ids, attention_mask, responses.shape[1]).logits
+    return (response_logprobs(logits, responses, temperature) * mask).sum(1)

@@ -174,3 +174,13 @@ def first_eos_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
     """Replace everything after the first EOS by padding (generation may run on past it in a batch)."""
     return torch.where(first_eos_mask(responses, eos_token_id), responses, pad_token_id)
+
+
+def decode_responses(tokenizer, responses, mask) -> tuple[list[str], list[bool], list[int]]:
+    """Each response's text (up to `mask`, special tokens dropped), whether it ended with EOS, and its length."""
+    ended = (responses == tokenizer.eos_token_id).any(1).tolist()
+    lengths = mask.sum(1).tolist()
+    texts = tokenizer.batch_decode(
+        responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
+    )
+    return texts, ended, lengths
