@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from data_prep.build import build, describe
 from data_prep.config import CONFIG_TYPES, ConvertConfig
+from data_prep.sources import convert_to_disk
 from pipeline.common.config import ConfigError, parse_config, run_main
 
 USAGE = __doc__.strip()
@@ -23,15 +25,11 @@ def main(args: Sequence[str] | None = None):
         return None
     command, rest = args[0], args[1:]
     if command == "build":
-        from data_prep.build import build, describe
-
         (config,) = parse_config(CONFIG_TYPES, rest, prog="python -m data_prep build")
         info = build(config)
         print(describe(info, config.output_dir))
         return info
     if command == "convert":
-        from data_prep.sources import convert_to_disk
-
         (config,) = parse_config((ConvertConfig,), rest, prog="python -m data_prep convert")
         return convert_to_disk(config)
     raise ConfigError(f"Unknown command '{command}'. Usage:\n{USAGE}")

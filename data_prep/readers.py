@@ -20,6 +20,8 @@ import zlib
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data_prep.validate import DataSourceError, InvalidRow, MissingColumnsError
 
@@ -120,9 +122,6 @@ def _read_csv(path: Path) -> list:
 
 
 def _read_parquet(path: Path) -> list:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as err:

@@ -30,6 +30,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 CONVERSIONS: tuple[tuple[str, str, int], ...] = (  # (from, to, factor), plural unit names
     ("meters", "centimeters", 100), ("centimeters", "millimeters", 10), ("kilometers", "meters", 1000),
     ("meters", "millimeters", 1000), ("kilograms", "grams", 1000), ("grams", "milligrams", 1000),
@@ -209,9 +212,6 @@ ANSWERS_PER_QUESTION = 4
 
 def write_files(output_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Write the example's input files into `output_dir`; the same seed writes the same files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     questions = all_questions()

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
 from transformers import GenerationConfig
 
 from pipeline.common.config import ConfigError, UserError
@@ -98,8 +99,6 @@ def sampling_summary(stage: str, config: GenerationConfig, set_aside: list[str])
 
 def load_prompts(path: str | None, field: str) -> list[str]:
     """The `field` column of a saved prompt data set (a DatasetDict: its train split), for PPO and the TRL stages."""
-    from datasets import load_from_disk
-
     if path is None:
         return []
     if not Path(path).exists():
