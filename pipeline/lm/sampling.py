@@ -1,5 +1,5 @@
-"""Sampling and response log-probs, shared by PPO's rollouts and evaluation: batched sampling from a policy
-(left padding, KV cache), truncated at the first EOS, and the log-probs of those responses under any causal LM.
+"""Sampling, shared by PPO's rollouts, evaluation and the TRL stages: batched sampling from a policy
+(left padding, KV cache), truncated at the first EOS (`lm.logprobs` scores what it samples).
 
 Sampling comes from our settings alone. PPO's log-probs, ratios and KL are those of softmax(logits / temperature)
 over the whole vocabulary, so a rollout drawn from anything else is off-policy. transformers 5.x fills every
