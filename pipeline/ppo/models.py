@@ -41,7 +41,7 @@ from pipeline.common.models import (
     same_model_path,
 )
 from pipeline.lm.logprobs import response_logits, response_logprobs
-from pipeline.lm.packing import position_ids_from_mask
+from pipeline.lm.packing import check_packed_responses, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,23 @@ class PolicyWithValueHead(nn.Module):
         hidden = hidden[:, -response_length - 1 : -1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return logits, values
+
+    def check_packing(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+    ) -> bool:
+        """Do packed forwards give these rows' padded logits? If not, packing goes off for good (False)."""
+
+        def logits(packed: bool) -> torch.Tensor:
+            previous, self.packing = self.packing, packed
+            try:
+                return self(input_ids, attention_mask, response_mask.shape[1], with_values=False)[0]
+            finally:
+                self.packing = previous
+
+        if check_packed_responses(logits, response_mask):
+            return True
+        self.packing = False
+        return False
 
 
 @torch.no_grad()

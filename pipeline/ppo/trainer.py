@@ -28,7 +28,6 @@ from pipeline.common.config import NonFiniteError, UserError
 from pipeline.common.models import load_callable, load_tokenizer
 from pipeline.common.training import end_distributed, report_engine
 from pipeline.lm.logprobs import response_logprobs, sampled_logits
-from pipeline.lm.packing import check_packed_responses
 from pipeline.lm.sampling import (
     first_eos_mask,
     generate,
@@ -39,16 +38,7 @@ from pipeline.lm.sampling import (
     tokenize_prompts,
 )
 from pipeline.lm.scoring import RewardScorer
-from pipeline.ppo import core, distributed
-from pipeline.ppo.checkpoint import (
-    METRICS_FILE,
-    SAMPLES_FILE,
-    is_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    truncate_logs,
-)
+from pipeline.ppo import checkpoint, core, distributed
 from pipeline.ppo.final_save import save_final
 from pipeline.ppo.heldout import HeldOut
 from pipeline.ppo.models import load_policy, reference_logprobs
@@ -62,10 +52,11 @@ class PPOTrainer:
         # What this run is, checked against the output folder and any checkpoint before anything is written.
         self.identity = outputs.run_identity("ppo", (args, model_args))
         self.output_dir = Path(args.output_dir)
-        self.work_dir = outputs.checkpoints_dir(
-            self.output_dir
-        )  # checkpoints and the logs of the run in progress
-        self.resume = outputs.resolve_resume(args.resume_from_checkpoint, self.output_dir, is_checkpoint)
+        # The work folder holds the checkpoints and the logs of the run in progress.
+        self.work_dir = outputs.checkpoints_dir(self.output_dir)
+        self.resume = outputs.resolve_resume(
+            args.resume_from_checkpoint, self.output_dir, checkpoint.is_checkpoint
+        )
         outputs.check_run(self.identity, self.output_dir, self.resume, args.overwrite_output_dir)
         self.trackers = tracking.trackers(args.report_to)  # a missing tracker package fails before any load
         self.tracked_config = tracking.public_config(args, model_args)
@@ -132,7 +123,7 @@ class PPOTrainer:
             ignored = set_aside(acc.unwrap_model(self.model), self.gen_config)
             print(sampling_summary("PPO", self.gen_config, ignored), flush=True)
         self.held_out = HeldOut(held_out, gold_fn, args, acc, self.tokenizer, self.scorer, self.gen_config,
-                                self.synced_gpus, self.ref_model, self.work_dir / SAMPLES_FILE)  # fmt: skip
+                                self.synced_gpus, self.ref_model, self.work_dir / checkpoint.SAMPLES_FILE)  # fmt: skip
         self.step, self.episode = 0, 0
         self.collapse_watch = CollapseWatch()
         self.timer = PhaseTimer(acc.device, args.log_timing)
@@ -178,7 +169,12 @@ class PPOTrainer:
         R, chunk = responses.shape[1], args.local_rollout_forward_batch_size
         model = acc.unwrap_model(self.model)
         if not self.packing_checked:  # once, before anything is computed packed
-            self._check_packing(model, input_ids[:chunk], attention_mask[:chunk], mask[:chunk])
+            self.packing_checked = True
+            packs_exactly = model.check_packing(input_ids[:chunk], attention_mask[:chunk], mask[:chunk])
+            if not packs_exactly and acc.is_main_process:
+                print("packing: this model's attention does not keep packed texts apart (its logits change with "
+                      "the text before them); PPO runs padded. Set packing: false to skip this check.",
+                      flush=True)  # fmt: skip
         # The first PPO epoch's order, drawn where update() would draw it (nothing in between uses the RNG), so the
         # first micro-batch's forward can run now, with grad, and serve both as the rollout's and as the update's.
         order = torch.randperm(args.local_batch_size, device=acc.device)
@@ -227,24 +223,6 @@ class PPOTrainer:
             non_score_rewards=non_score_rewards, rewards=rewards, advantages=advantages, returns=returns,
             first_epoch_order=order, reused_forward=reused,
         )  # fmt: skip
-
-    def _check_packing(self, model, input_ids, attention_mask, mask) -> None:
-        """Packed forwards must give the padded batch's logits (on these rows); PPO runs padded when they do not."""
-        self.packing_checked = True
-
-        def logits(packed: bool) -> torch.Tensor:
-            previous, model.packing = model.packing, packed
-            try:
-                return model(input_ids, attention_mask, mask.shape[1], with_values=False)[0]
-            finally:
-                model.packing = previous
-
-        if not check_packed_responses(logits, mask):
-            model.packing = False
-            if self.accelerator.is_main_process:
-                print("packing: this model's attention does not keep packed texts apart (its logits change with "
-                      "the text before them); PPO runs padded. Set packing: false to skip this check.",
-                      flush=True)  # fmt: skip
 
     def update(self, rollout: Rollout) -> dict[str, list[torch.Tensor]]:
         """num_ppo_epochs passes of mini-batch updates over the rollout; returns each micro-batch's stats."""
@@ -310,19 +288,18 @@ class PPOTrainer:
         # Collective, so every rank stops together instead of one rank hanging in the next all-reduce.
         bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
         if self.accelerator.reduce(bad, "sum").item() > 0:
-            raise NonFiniteError(what, self.step + 1, latest_checkpoint(self.output_dir))
+            raise NonFiniteError(what, self.step + 1, checkpoint.latest_checkpoint(self.output_dir))
 
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         args, acc, timer = self.args, self.accelerator, self.timer
         state = {}
         if self.resume is not None:
-            state = load_checkpoint(
-                self.resume, acc, self.model, self.optimizer, self.scheduler, self.sharded
-            )
+            state = checkpoint.load_checkpoint(self.resume, acc, self.model, self.optimizer, self.scheduler,
+                                               self.sharded)  # fmt: skip
             self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
-            if acc.is_main_process:
-                truncate_logs(self.work_dir, self.step)  # lines logged after the checkpoint are redone
+            if acc.is_main_process:  # lines logged after the checkpoint are redone
+                checkpoint.truncate_logs(self.work_dir, self.step)
                 print(f"Resumed from {self.resume} at step {self.step} (episode {self.episode}).")
         else:
             set_seed(args.seed, device_specific=True)  # different samples on each rank
@@ -366,7 +343,7 @@ class PPOTrainer:
                 if args.sample_every and (self.step % args.sample_every == 0 or last):
                     self.held_out.log_samples(self.model, self.step, self.tracking)
                 if save_every and self.step % save_every == 0:
-                    save_checkpoint(
+                    checkpoint.save_checkpoint(
                         acc, self.output_dir, self.step,
                         {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
                          "tracking": self.tracking.identity},
@@ -415,7 +392,7 @@ class PPOTrainer:
         self.tracking.log(metrics, self.step)  # every metric (episode, lr, time/...) at the PPO step
         if not self.accelerator.is_main_process:
             return
-        with open(self.work_dir / METRICS_FILE, "a") as f:
+        with open(self.work_dir / checkpoint.METRICS_FILE, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         for warning in self.collapse_watch.update(metrics):
             print(warning, flush=True)
