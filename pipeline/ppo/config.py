@@ -283,6 +283,11 @@ class PPOConfig(TrainingArguments):
         total = self.total_episodes or int(self.num_train_epochs * num_prompts)
         return max(1, math.ceil(total / self.batch_size(num_processes)))
 
+    def checkpoint_interval(self, num_steps: int) -> int:
+        """PPO steps between checkpoints (0: none); a save_steps below 1 is that fraction of the run, as in the
+        Trainer."""
+        return math.ceil(self.save_steps * num_steps) if 0 < self.save_steps < 1 else int(self.save_steps)
+
 
 def unused_training_arguments() -> set[str]:
     """The TrainingArguments fields the PPO loop never reads."""

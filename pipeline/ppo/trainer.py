@@ -11,7 +11,6 @@ Around the loop: the maths in `core`, the models in `models`, the held-out sampl
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -228,13 +227,10 @@ class PPOTrainer:
         """num_ppo_epochs passes of mini-batch updates over the rollout; returns each micro-batch's stats."""
         args, acc = self.args, self.accelerator
         R, micro = rollout.responses.shape[1], args.per_device_train_batch_size
-        order = (
-            rollout.first_epoch_order
-        )  # drawn by rollout(), which may have run the first micro-batch's forward
-        reused, rollout.reused_forward = (
-            rollout.reused_forward,
-            None,
-        )  # released once used: its logits are large
+        # The first epoch's order was drawn by rollout(), which may have run its first micro-batch's forward: that
+        # forward is taken out of the rollout, so its logits (b, R, V) are freed once used.
+        order, reused = rollout.first_epoch_order, rollout.reused_forward
+        rollout.reused_forward = None
         stats: dict[str, list[torch.Tensor]] = {}
         self.model.train()
         for epoch in range(args.num_ppo_epochs):
@@ -255,13 +251,8 @@ class PPOTrainer:
                         pg_loss, pg_stats = core.policy_loss(
                             new_logprobs, rollout.logprobs[idx], rollout.advantages[idx], mask, args.cliprange
                         )
-                        vf_loss, vf_stats = core.value_loss(
-                            vpred.float(),
-                            rollout.values[idx],
-                            rollout.returns[idx],
-                            mask,
-                            args.cliprange_value,
-                        )
+                        vf_loss, vf_stats = core.value_loss(vpred.float(), rollout.values[idx], rollout.returns[idx],
+                                                            mask, args.cliprange_value)  # fmt: skip
                         loss = pg_loss + args.vf_coef * vf_loss
                         self._check_finite("loss", loss.detach())
                         acc.backward(loss)
@@ -308,9 +299,7 @@ class PPOTrainer:
                                        state.get("tracking"), self.step + 1, acc.is_main_process)  # fmt: skip
         self.model.eval()  # dropout is off anyway; eval() also keeps generation deterministic per seed
         start_time, start_episode = time.time(), self.episode
-        save_every = (
-            math.ceil(args.save_steps * self.num_steps) if 0 < args.save_steps < 1 else int(args.save_steps)
-        )
+        save_every = args.checkpoint_interval(self.num_steps)
         timer.lap()  # the first step's clock starts here
         while self.step < self.num_steps:
             with timer.phase("other"):
@@ -359,9 +348,7 @@ class PPOTrainer:
         end_distributed(acc)
 
     # --- logging --------------------------------------------------------------------------------------------
-    def _metrics(
-        self, rollout: Rollout, stats: dict, start_time: float, start_episode: int
-    ) -> dict[str, float]:
+    def _metrics(self, rollout: Rollout, stats: dict, start_time: float, start_episode: int) -> dict:
         acc = self.accelerator
 
         def mean(x: torch.Tensor) -> float:  # global mean over every process
