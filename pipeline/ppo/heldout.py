@@ -55,24 +55,16 @@ class HeldOut:
         mask = first_eos_mask(responses, self.tokenizer.eos_token_id)
         input_ids = torch.cat([queries["input_ids"], responses], 1)
         attention_mask = torch.cat([queries["attention_mask"], mask.long()], 1)
-        policy, R, chunk = (
-            self.accelerator.unwrap_model(model),
-            responses.shape[1],
-            args.local_rollout_forward_batch_size,
-        )
+        policy, R = self.accelerator.unwrap_model(model), responses.shape[1]
+        chunk = args.local_rollout_forward_batch_size
         kl = []
         for i in range(0, len(prompts), chunk):
             rows = slice(i, i + chunk)
             logits, _ = policy(input_ids[rows], attention_mask[rows], R, with_values=False)
-            log_ratio = response_logprobs(logits, responses[rows], args.temperature) - reference_logprobs(
-                policy,
-                self.ref_model,
-                input_ids[rows],
-                attention_mask[rows],
-                responses[rows],
-                args.temperature,
-            )
-            kl.append((log_ratio * mask[rows]).sum(1))
+            logprobs = response_logprobs(logits, responses[rows], args.temperature)
+            ref_logprobs = reference_logprobs(policy, self.ref_model, input_ids[rows], attention_mask[rows],
+                                              responses[rows], args.temperature)  # fmt: skip
+            kl.append(((logprobs - ref_logprobs) * mask[rows]).sum(1))
         texts, ended, _ = decode_responses(self.tokenizer, responses, mask)
         scores = self.scorer(prompts, texts, ended)
         gold = [float(x) for x in self.gold_fn(prompts, texts)]
@@ -87,15 +79,13 @@ class HeldOut:
             return
         prompts = self.table_prompts
         _, responses = self._sample(model, prompts)
-        texts, ended, _ = decode_responses(
-            self.tokenizer, responses, first_eos_mask(responses, self.tokenizer.eos_token_id)
-        )
+        mask = first_eos_mask(responses, self.tokenizer.eos_token_id)
+        texts, ended, _ = decode_responses(self.tokenizer, responses, mask)
         scores = self.scorer(prompts, texts, ended).tolist()
         if not self.accelerator.is_main_process:
             return
-        rows = [
-            {"step": step, "prompt": p, "response": r, "score": s} for p, r, s in zip(prompts, texts, scores)
-        ]
+        rows = [{"step": step, "prompt": p, "response": r, "score": s}
+                for p, r, s in zip(prompts, texts, scores)]  # fmt: skip
         with open(self.samples_path, "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         tracking.log_table("samples", list(rows[0]), [list(row.values()) for row in rows], step)
