@@ -258,10 +258,12 @@ def one_row(row: dict, i: int) -> dict:
 def test_left_padded_batch_scores_each_row_as_alone(run, ppo_lora, ppo_full):
     """Policy log-probs, values, reference log-probs and evaluation's log-probs of a left-padded batch equal
     those of each row alone (the same positions and mask per row in every forward)."""
-    from pipeline.lm.logprobs import sequence_logprobs
+    from pipeline.lm.logprobs import response_logprobs, sequence_logprobs
+    from pipeline.ppo.models import reference_logprobs
 
     trainer = {"lora": ppo_lora, "full": ppo_full}[run]
-    batch = trainer.rollout(trainer.prompts[:4])
+    rollout = trainer.rollout(trainer.prompts[:4])
+    batch = {name: getattr(rollout, name) for name in ("input_ids", "attention_mask", "responses")}
     assert (batch["attention_mask"][:, 0] == 0).any(), "no left padding to test"
     model, R = trainer.model, batch["responses"].shape[1]
     causal_lm = trainer.ref_model if trainer.ref_model is not None else model.lm  # what evaluation loads
@@ -272,10 +274,15 @@ def test_left_padded_batch_scores_each_row_as_alone(run, ppo_lora, ppo_full):
             query = {"input_ids": rows["input_ids"][:, :-R], "attention_mask": rows["attention_mask"][:, :-R]}
             mask = rows["attention_mask"][:, -R:].bool()
             return {
-                "policy": trainer._logprobs(logits, rows["responses"]),
+                "policy": response_logprobs(logits, rows["responses"], trainer.args.temperature),
                 "value": values.float(),
-                "reference": trainer._ref_logprobs(
-                    rows["input_ids"], rows["attention_mask"], rows["responses"]
+                "reference": reference_logprobs(
+                    model,
+                    trainer.ref_model,
+                    rows["input_ids"],
+                    rows["attention_mask"],
+                    rows["responses"],
+                    trainer.args.temperature,
                 ),
                 "evaluation": sequence_logprobs(
                     causal_lm, query, rows["responses"], mask, trainer.args.temperature
@@ -283,7 +290,7 @@ def test_left_padded_batch_scores_each_row_as_alone(run, ppo_lora, ppo_full):
             }
 
     batched = score(batch)
-    mask = batch["mask"]
+    mask = rollout.mask
     for i in range(len(mask)):
         alone = score(one_row(batch, i))
         for name, value in alone.items():
@@ -303,11 +310,11 @@ def test_update_entropy_and_ratio_as_trl_defines_them(run, ppo_lora, ppo_full):
     from pipeline.ppo.core import masked_mean
 
     trainer = {"lora": ppo_lora, "full": ppo_full}[run]
-    batch = trainer.rollout(trainer.batch_prompts(0))
+    rollout = trainer.rollout(trainer.batch_prompts(0))
     with torch.no_grad():
-        logits, _ = trainer.model(batch["input_ids"], batch["attention_mask"], batch["responses"].shape[1])
-    expected = masked_mean(entropy_from_logits(logits / trainer.args.temperature), batch["mask"]).item()
-    stats = trainer.update(batch)  # one mini-batch of every row: its entropy is over the same tokens
+        logits, _ = trainer.model(rollout.input_ids, rollout.attention_mask, rollout.responses.shape[1])
+    expected = masked_mean(entropy_from_logits(logits / trainer.args.temperature), rollout.mask).item()
+    stats = trainer.update(rollout)  # one mini-batch of every row: its entropy is over the same tokens
     assert stats["policy/entropy_avg"][0].item() == pytest.approx(expected, abs=TOL)
     assert abs(stats["val/ratio"][0].item() - 1) < TOL
 

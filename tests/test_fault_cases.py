@@ -140,17 +140,17 @@ def test_identity_holds_no_token_and_ignores_operational_fields():
 
 KILL_DURING_SAVE = """
 import os, signal, sys
-import pipeline.ppo.trainer as trainer
+import pipeline.ppo.final_save as final_save
 from pipeline.common.config import run_main
 from pipeline.ppo import main
 
-real_save_file = trainer.save_file
+real_save_file = final_save.save_file
 
 def save_then_die(tensors, path, *args, **kwargs):  # the value head: the adapter is already on disk
     real_save_file(tensors, path, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
 
-trainer.save_file = save_then_die
+final_save.save_file = save_then_die
 run_main(main, sys.argv[1:])
 """
 

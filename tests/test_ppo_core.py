@@ -125,3 +125,22 @@ def test_kl_controllers():
     assert adaptive.value == pytest.approx(0.1 * 1.00128)
     adaptive.update(5.4, 10000)  # error -0.1: times 0.9
     assert adaptive.value == pytest.approx(0.1 * 1.00128 * 0.9)
+
+
+def test_batch_sizes_and_steps_as_in_old_trl(tmp_path):
+    from pipeline.ppo.config import PPOConfig
+
+    args = PPOConfig(output_dir=str(tmp_path), sft_model_path="sft", prompts_path="prompts", reward_fn="m:f",
+                     use_cpu=True, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=3,
+                     total_episodes=100)  # fmt: skip
+    assert args.local_batch_size == 4 * 2 * 3 and args.local_mini_batch_size == 4 * 2
+    assert args.batch_size(num_processes=2) == 48
+    assert args.num_steps(num_processes=2, num_prompts=1000) == 3  # ceil(100 / 48)
+    args.total_episodes = None  # num_train_epochs (3) passes over the prompts: ceil(3 * 100 / 48)
+    assert args.num_steps(num_processes=2, num_prompts=100) == 7
+    args.max_steps = 5  # wins over the episode budget
+    assert args.num_steps(num_processes=2, num_prompts=100) == 5
+    args.save_steps = 0.5  # a fraction of the run
+    assert args.checkpoint_interval(5) == 3
+    args.save_steps = 2
+    assert args.checkpoint_interval(5) == 2

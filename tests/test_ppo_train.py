@@ -180,18 +180,19 @@ def test_reused_rollout_forward_trains_as_a_fresh_forward(tiny_sft, tiny_data, t
 
     # The reused rows' old log-probs and values are that forward's own: their first-epoch ratio is exactly 1.
     from pipeline.common.config import parse_config
+    from pipeline.lm.logprobs import response_logprobs
     from pipeline.ppo import CONFIG_TYPES
     from pipeline.ppo.trainer import PPOTrainer
 
     trainer = PPOTrainer(
         *parse_config(CONFIG_TYPES, ppo_args(tiny_sft, tiny_data, tmp_path / "rollout", *small))
     )
-    batch = trainer.rollout(trainer.batch_prompts(0))
-    rows, reused = batch["first_order"][:4], batch["reused_forward"]
-    assert reused["logits"].requires_grad
-    new_logprobs = trainer._logprobs(reused["logits"], batch["responses"][rows]).detach()
-    assert torch.equal(new_logprobs, batch["logprobs"][rows])
-    assert torch.equal(reused["values"].detach().float() * batch["mask"][rows], batch["values"][rows])
+    rollout = trainer.rollout(trainer.batch_prompts(0))
+    rows, (logits, values) = rollout.first_epoch_order[:4], rollout.reused_forward
+    assert logits.requires_grad
+    new_logprobs = response_logprobs(logits, rollout.responses[rows], trainer.args.temperature).detach()
+    assert torch.equal(new_logprobs, rollout.logprobs[rows])
+    assert torch.equal(values.detach().float() * rollout.mask[rows], rollout.values[rows])
 
 
 def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(

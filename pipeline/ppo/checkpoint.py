@@ -2,7 +2,8 @@
 
 Checkpoints follow every stage's layout (`pipeline.common.outputs`): `<output_dir>.checkpoints/checkpoint-N/`, written to
 `checkpoint-N.tmp` and renamed, so a crash mid-write never leaves a half checkpoint that resume would pick up.
-Every rank stores its own RNG state.
+Every rank stores its own RNG state. The run's logs sit beside the checkpoints while it runs (`LOG_FILES`); a resumed
+run continues them from its checkpoint's step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pipeline.common import outputs
 from pipeline.common.config import UserError
 
 STATE_FILE = "trainer_state.json"
+METRICS_FILE, SAMPLES_FILE = "metrics.jsonl", "samples.jsonl"
+LOG_FILES = (METRICS_FILE, SAMPLES_FILE)  # in the work folder while running, published with the policy
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -125,3 +128,13 @@ def load_checkpoint(path: Path, accelerator, model, optimizer, scheduler, sharde
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((path / STATE_FILE).read_text())
+
+
+def truncate_logs(work_dir: Path, step: int) -> None:
+    """A resumed run continues its logs from its checkpoint's step: lines logged after it are dropped (redone)."""
+    for name in LOG_FILES:
+        path = work_dir / name
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if line.strip() and json.loads(line).get("step", 0) <= step]  # fmt: skip
+            outputs.write_file_atomically(path, "".join(kept))

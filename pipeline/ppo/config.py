@@ -6,15 +6,17 @@ Subclassing TrainingArguments gives, under the names everyone knows, the fields 
 TrainingArguments field (eval_strategy, push_to_hub, torch_compile, ...) has no meaning in this loop: setting one
 is an error that names it, never a silent no-op.
 
-Batch sizes, as in old TRL (per process):
-    local_batch_size = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches
-    batch_size       = local_batch_size * num_processes   (prompts rolled out per PPO step)
-    steps            = ceil(total_episodes / batch_size)
+Batch sizes, as in old TRL (the properties and methods at the end of PPOConfig):
+    local_batch_size      = per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches
+    local_mini_batch_size = local_batch_size / num_mini_batches   (rows per optimizer step, per process)
+    batch_size            = local_batch_size * num_processes      (prompts rolled out per PPO step)
+    num_steps             = ceil(total_episodes / batch_size)     (max_steps, when set, wins)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -257,6 +259,34 @@ class PPOConfig(TrainingArguments):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    # --- batch sizes, as in old TRL --------------------------------------------------------------------------
+    @property
+    def local_batch_size(self) -> int:
+        """Prompts each process rolls out per PPO step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+    @property
+    def local_mini_batch_size(self) -> int:
+        """Rows of the rollout per optimizer step, per process."""
+        return self.local_batch_size // self.num_mini_batches
+
+    def batch_size(self, num_processes: int) -> int:
+        """Prompts rolled out per PPO step, over every process."""
+        return self.local_batch_size * num_processes
+
+    def num_steps(self, num_processes: int, num_prompts: int) -> int:
+        """PPO steps in the run: max_steps when set (it wins over the episode budget, as in the Trainer), else
+        total_episodes (default num_train_epochs passes over the prompts) in whole batches."""
+        if self.max_steps > 0:
+            return self.max_steps
+        total = self.total_episodes or int(self.num_train_epochs * num_prompts)
+        return max(1, math.ceil(total / self.batch_size(num_processes)))
+
+    def checkpoint_interval(self, num_steps: int) -> int:
+        """PPO steps between checkpoints (0: none); a save_steps below 1 is that fraction of the run, as in the
+        Trainer."""
+        return math.ceil(self.save_steps * num_steps) if 0 < self.save_steps < 1 else int(self.save_steps)
 
 
 def unused_training_arguments() -> set[str]:

@@ -111,6 +111,7 @@ def policy_loss(
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),
         # 0.5 * E[(log r)^2]: the approx-KL the N+ details paper logs, a good early warning of too-large steps.
         "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+        # The trainer's val/ratio: 1 on a step's first micro-batch (its policy is the one that sampled).
         "ratio": masked_mean(ratio, mask),
     }
     return loss, stats

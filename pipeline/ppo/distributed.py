@@ -12,6 +12,7 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 from torch.distributed.fsdp import register_fsdp_forward_method
+from transformers import Trainer
 from trl.models.utils import prepare_deepspeed, prepare_fsdp
 
 from pipeline.common.config import UserError
@@ -75,8 +76,6 @@ def build_optimizer(params: list[nn.Parameter], args, accelerator) -> torch.opti
     optimizer instead (`zero_force_ds_cpu_optimizer` off): DeepSpeed then steps it on the offloaded state, with the
     same arithmetic as under every other engine. (DeepSpeed's CPU Adam is faster on big models, but its SIMD
     arithmetic moved these weights by up to 7e-5 from DDP's over 8 steps: not a drop-in replacement.)"""
-    from transformers import Trainer
-
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         config = accelerator.state.deepspeed_plugin.deepspeed_config
         offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")

@@ -20,7 +20,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file
 from torch import nn
+from transformers import AutoModelForCausalLM
+from trl.trainer.utils import disable_dropout_in_model, get_peft_config
 
 from pipeline.common.config import UserError
 from pipeline.common.models import (
@@ -30,8 +40,8 @@ from pipeline.common.models import (
     load_model,
     same_model_path,
 )
-from pipeline.lm.logprobs import response_logits
-from pipeline.lm.packing import position_ids_from_mask
+from pipeline.lm.logprobs import response_logits, response_logprobs
+from pipeline.lm.packing import check_packed_responses, position_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +170,48 @@ class PolicyWithValueHead(nn.Module):
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return logits, values
 
+    def check_packing(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+    ) -> bool:
+        """Do packed forwards give these rows' padded logits? If not, packing goes off for good (False)."""
+
+        def logits(packed: bool) -> torch.Tensor:
+            previous, self.packing = self.packing, packed
+            try:
+                return self(input_ids, attention_mask, response_mask.shape[1], with_values=False)[0]
+            finally:
+                self.packing = previous
+
+        if check_packed_responses(logits, response_mask):
+            return True
+        self.packing = False
+        return False
+
+
+@torch.no_grad()
+def reference_logprobs(
+    policy: PolicyWithValueHead,
+    ref_model: nn.Module | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    responses: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """log pi_ref of each response token (B, R) under the reference (SFT) policy, the KL penalty's other side.
+
+    `policy` is the unwrapped policy; `ref_model` the frozen copy of full fine-tuning, None under LoRA."""
+    response_length = responses.shape[1]
+    if (
+        ref_model is not None
+    ):  # full fine-tuning: the frozen SFT copy, packed as the policy is (off if its check failed)
+        logits = response_logits(
+            ref_model, input_ids, attention_mask, response_length, packed=policy.packing
+        ).logits
+    else:  # LoRA: the same base with the reference adapter (or no adapter)
+        with policy.reference():
+            logits, _ = policy(input_ids, attention_mask, response_length, with_values=False)
+    return response_logprobs(logits, responses, temperature)
+
 
 def disable_dropout(model: nn.Module) -> None:
     """Dropout off everywhere, so the training forward computes the log-probs the rollout forward computed.
@@ -168,8 +220,6 @@ def disable_dropout(model: nn.Module) -> None:
     dropout with a rate kept as a float attribute: OPT's `dropout` (0.1 in its configs) and `layerdrop`, the
     `attention_dropout` of most attention modules.
     """
-    from trl.trainer.utils import disable_dropout_in_model
-
     disable_dropout_in_model(model)
     for module in model.modules():
         for name, value in list(vars(module).items()):
@@ -179,10 +229,6 @@ def disable_dropout(model: nn.Module) -> None:
 
 def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None]:
     """Build the two-headed policy (and, for full fine-tuning only, a frozen reference model)."""
-    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
-    from trl.trainer.utils import get_peft_config
-
     sft = args.sft_model_path
     if not Path(sft).exists():
         raise UserError(
@@ -245,9 +291,6 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
 
 def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:
     """A trainable value adapter; initialised from the reward model's LoRA adapter when trained on our base."""
-    from peft import LoraConfig, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     policy_config = lm.peft_config[POLICY]
     reward_adapter = Path(args.reward_model_path or "") / "adapter"
     if (

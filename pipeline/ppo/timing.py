@@ -14,6 +14,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 PHASES = ("generate", "forward", "reference", "reward", "update", "other")
+LOG_LINE_PHASES = (("generate", "gen"), ("forward", "fwd"), ("reference", "ref"), ("reward", "rew"),
+                   ("update", "upd"), ("other", "other"))  # fmt: skip
 _NO_OP = nullcontext()
 
 
@@ -63,6 +65,36 @@ class PhaseTimer:
         }
         self.seconds, self.peak_bytes, self._step_start = {}, {}, now
         return lap
+
+
+def timing_metrics(lap: dict, accelerator, mask: torch.Tensor, num_ppo_epochs: int) -> dict[str, float]:
+    """A step's `lap` as metrics: time/<phase> and time/step in seconds, tokens per second of generation and of
+    update (`mask`: this process's response tokens), and on an accelerator memory/<phase>_peak_gib."""
+    acc = accelerator
+    # The slowest rank's seconds per phase (and its peak memory): a step lasts as long as its slowest rank, and a
+    # straggler shows in the phase where it is slow. Each phase's maximum is taken on its own, so under several
+    # processes the phases may add up to a little more than time/step.
+    seconds = [lap["seconds"][name] for name in PHASES] + [lap["step"]]
+    seconds = acc.reduce(torch.tensor(seconds, device=acc.device), "max").tolist()
+    m = {f"time/{name}": value for name, value in zip((*PHASES, "step"), seconds)}
+    # Response tokens up to and including EOS (padding after it is not generated work), summed over processes.
+    generated = acc.reduce(mask.sum().float().reshape(1), "sum").item()
+    m["time/generated_tokens_per_s"] = generated / max(m["time/generate"], 1e-9)
+    m["time/trained_tokens_per_s"] = generated * num_ppo_epochs / max(m["time/update"], 1e-9)
+    if lap["peak_bytes"] is not None:
+        names = sorted(lap["peak_bytes"])
+        peaks = torch.tensor([float(lap["peak_bytes"][name]) for name in names], device=acc.device)
+        peaks = acc.reduce(peaks, "max").tolist()  # the same phases ran on every rank
+        m.update({f"memory/{name}_peak_gib": peak / 2**30 for name, peak in zip(names, peaks)})
+    return m
+
+
+def log_line_timing(metrics: dict) -> str:
+    """The log line's timing part, ' | time gen 1.2s fwd 0.3s ...'; empty without time/ metrics."""
+    if "time/step" not in metrics:
+        return ""
+    parts = " ".join(f"{short} {metrics[f'time/{name}']:.1f}s" for name, short in LOG_LINE_PHASES)
+    return f" | time {parts} step {metrics['time/step']:.1f}s"
 
 
 def _synchronizer(device: torch.device):
