@@ -3,6 +3,10 @@
     plots/ppo_training.png          PPO curves over steps (reward, KL, value loss, response length)
     plots/ppo_timing.png            seconds per PPO step by phase (generate, forward, ...), when PPO timed them
     plots/reward_distributions.png  histograms of SFT vs PPO scores (reward model; labeler on the built-in task)
+    plots/gold_curve.png            PPO's held-out scores against KL, when PPO ran gold evaluations
+    plots/leaderboard.png           every policy's score against its KL, when alternatives sit beside PPO
+
+It reads eval.json's `policies` (pipeline/analysis/summary.py), never its top-level copies.
 
 Matplotlib runs on the Agg backend: no display needed.
 """
