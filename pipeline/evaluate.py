@@ -5,8 +5,8 @@ Every policy samples with the same settings and seed; the answers are scored by 
 use another tokenizer: texts are decoded and re-encoded) and, on the built-in task, by the programmatic labeler.
 Each policy's KL from the SFT policy is estimated on its own samples (k1: mean over prompts of the sum over
 response tokens of log pi - log pi_sft, both at the sampling temperature, as the PPO stage logs it).
-Writes `eval.json` (`policies.<stage>`: the leaderboard), `eval_samples.jsonl`, `report.md` and `plots/*.png`
-to the run directory.
+Writes `eval.json` (`policies.<stage>`: every policy's record, the leaderboard; pipeline/analysis/summary.py),
+`eval_samples.jsonl`, `report.md` and `plots/*.png` (pipeline/analysis/report.py) to the run directory.
 
     python -m pipeline.evaluate --config recipes/tiny/eval.yaml
     accelerate launch --config_file ... -m pipeline.evaluate --config ...   # prompts sharded across processes
@@ -15,15 +15,19 @@ to the run directory.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from datasets import DatasetDict, load_from_disk
+from transformers import set_seed
 from trl import ModelConfig
 
-from pipeline.analysis.health import few_prompts_warning, policy_checks
 from pipeline.analysis.report import write_report
+from pipeline.analysis.summary import summarize
 from pipeline.common import tracking
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
 from pipeline.common.models import (
@@ -32,9 +36,8 @@ from pipeline.common.models import (
     load_callable,
     load_causal_lm,
     load_tokenizer,
-    same_model_path,
 )
-from pipeline.common.outputs import fingerprint, read_run
+from pipeline.common.tables import number
 from pipeline.lm.logprobs import sequence_logprobs
 from pipeline.lm.sampling import (
     check_untruncated,
@@ -46,7 +49,7 @@ from pipeline.lm.sampling import (
     set_aside,
     tokenize_prompts,
 )
-from pipeline.lm.scoring import RewardScorer, accuracy, sharded_pair_scores
+from pipeline.lm.scoring import RewardScorer, sharded_pair_scores
 from pipeline.online import ALTERNATIVES
 
 
@@ -151,20 +154,6 @@ def policy_paths(args: EvalArguments) -> dict[str, str]:
     return paths
 
 
-def started_from(policy_path: str, sft_path: str) -> bool | None:
-    """Whether the policy's run started from this very SFT model: the SFT path its run record names, and that
-    folder's fingerprint then and now. None when the policy has no run record (made elsewhere)."""
-    run = read_run(policy_path)
-    if run is None:
-        return None
-    config, inputs = run.get("config", {}), run.get("inputs", {})
-    key = "sft_model_path" if "sft_model_path" in config else "model_name_or_path"
-    recorded = config.get(key)
-    if not recorded or not same_model_path(recorded, sft_path):
-        return False
-    return inputs.get(key) in (None, fingerprint(sft_path))
-
-
 def check_inputs(args: EvalArguments) -> None:
     needed = [
         ("eval_prompts_path", "held-out prompts", "data"),
@@ -200,8 +189,9 @@ _START = time.monotonic()
 # --- policies ----------------------------------------------------------------------------------------------
 
 
-def load_policy(path: str, model_args, device, trust_remote_code: bool = False):
-    """A policy for inference: adapters are merged (faster) unless the base is quantized."""
+def load_policy_for_inference(path: str, model_args, device, trust_remote_code: bool = False):
+    """A policy to sample from and score with, never trained: adapters are merged (faster) unless the base is
+    quantized. (PPO's `pipeline.ppo.models.load_policy` loads one to train.)"""
     quantized = is_quantized(model_args)
     model = load_causal_lm(path, model_args, merge=not quantized, trust_remote_code=trust_remote_code)
     if not quantized:
@@ -214,8 +204,6 @@ def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int,
 
     The sampling code of PPO's rollouts (`pipeline.lm.sampling`), so eval samples exactly as training did.
     """
-    from transformers import set_seed
-
     config = generation_config(args.max_new_tokens, args.temperature, tokenizer)
     log(sampling_summary(name, config, set_aside(model, config)))
     set_seed(seed)
@@ -250,7 +238,7 @@ def evaluate_policies(
     records = [{"prompt": p} for p in prompts]
 
     log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
-    sft = load_policy(args.sft_model_path, model_args, device, args.trust_remote_code)
+    sft = load_policy_for_inference(args.sft_model_path, model_args, device, args.trust_remote_code)
     queries, responses = sample(sft, tokenizer, prompts, args, seed, "the SFT policy")
     _store(records, "sft", tokenizer, responses)
     _store_logprobs(records, "sft", sft, queries, responses, tokenizer, args.temperature)
@@ -258,7 +246,7 @@ def evaluate_policies(
 
     for name, path in policies.items():
         log(f"sampling from the {name.upper()} policy {path}")
-        policy = load_policy(path, model_args, device, args.trust_remote_code)
+        policy = load_policy_for_inference(path, model_args, device, args.trust_remote_code)
         queries, responses = sample(policy, tokenizer, prompts, args, seed, f"the {name.upper()} policy")
         _store(records, name, tokenizer, responses)
         log(f"KL of {name.upper()} from SFT on its answers")
@@ -302,8 +290,6 @@ def score_records(records: list[dict], reward_model: RewardScorer, labeler, name
 
 
 def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
-    from datasets import DatasetDict, load_from_disk
-
     prompts_ds = load_from_disk(args.eval_prompts_path)
     if args.prompt_field not in prompts_ds.column_names:
         raise UserError(
@@ -328,103 +314,13 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
     return prompts, pairs
 
 
-def summarize(
-    records: list[dict],
-    margins: list[float],
-    args: EvalArguments,
-    num_processes: int,
-    chosen: list[float],
-    policies: dict[str, str] | None = None,
-) -> dict:
-    """eval.json's figures; `policies` (name -> path) are the policies compared with SFT, by default PPO alone."""
-    policies = policies or {"ppo": args.ppo_model_path}
-
-    def mean(key):
-        values = [r[key] for r in records if r.get(key) is not None]
-        return statistics.fmean(values) if values else None
-
-    def std(key):
-        values = [r[key] for r in records if r.get(key) is not None]
-        return statistics.pstdev(values) if values else None
-
-    def labeler_rate(name, compare):
-        if not args.labeler:
-            return None
-        return statistics.fmean(compare(r[f"{name}_labeler_score"], r["sft_labeler_score"]) for r in records)
-
-    result = {
-        "reward_model_accuracy": accuracy(margins),
-        "sft_reward_model_score": mean("sft_reward_model_score"),
-        "ppo_reward_model_score": mean("ppo_reward_model_score"),
-        "sft_labeler_score": mean("sft_labeler_score"),
-        "ppo_labeler_score": mean("ppo_labeler_score"),
-        "kl_ppo_from_sft": mean("ppo_log_ratio"),
-    }
-    # The leaderboard: every policy on the same prompts, sampling settings and scorers.
-    result["policies"] = {}
-    for name, path in {"sft": args.sft_model_path, **policies}.items():
-        entry = {
-            "model_path": path,
-            "reward_model_score": mean(f"{name}_reward_model_score"),
-            "reward_model_score_std": std(f"{name}_reward_model_score"),
-            "labeler_score": mean(f"{name}_labeler_score"),
-            "labeler_score_std": std(f"{name}_labeler_score"),
-            "kl_from_sft": 0.0 if name == "sft" else mean(f"{name}_log_ratio"),
-            "response_length_mean": mean(f"{name}_length"),
-            "ended_fraction": mean(f"{name}_ended"),
-        }
-        if name != "sft":
-            entry["labeler_win_rate_vs_sft"] = labeler_rate(name, lambda a, b: a > b)
-            entry["labeler_tie_rate_vs_sft"] = labeler_rate(name, lambda a, b: a == b)
-            entry["started_from_this_sft"] = started_from(path, args.sft_model_path)
-        result["policies"][name] = entry
-    if args.labeler:
-        result["ppo_labeler_win_rate"] = result["policies"]["ppo"]["labeler_win_rate_vs_sft"]
-        result["labeler_tie_rate"] = result["policies"]["ppo"]["labeler_tie_rate_vs_sft"]
-    result["reward_model_margin_mean"] = statistics.fmean(margins)
-    result["health"] = {name: policy_checks(records, chosen, args.max_kl, name) for name in policies}
-    result["warnings"] = [
-        f"{name.upper()} {w}" for name in policies for w in result["health"][name]["warnings"]
-    ]
-    for name in policies:
-        if result["policies"][name]["started_from_this_sft"] is False:
-            result["warnings"].append(
-                f"{name.upper()} did not start from this SFT model ({args.sft_model_path}), or that model changed "
-                f"since (its run record, {policies[name]}/run.json, says otherwise): its gain and KL are not "
-                "measured against its own start."
-            )
-    if few := few_prompts_warning(len(records)):
-        result["warnings"].append(f"evaluation: {few}")
-    result["counts"] = {"num_prompts": len(records), "num_preference_pairs": len(margins)}
-    result["settings"] = {
-        "reward_model_path": args.reward_model_path,
-        "reward_fn": args.reward_fn,
-        "eval_prompts_path": args.eval_prompts_path,
-        "preference_path": f"{args.preference_path}[{args.preference_split}]",
-        "labeler": args.labeler,
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "seed": args.seed,
-        "num_processes": num_processes,
-        "kl_estimator": "k1 on each policy's own samples, summed over response tokens, logits / temperature",
-    }
-    return result
-
-
 def distributed_state():
     """Accelerate's process state. Without a GPU, ask for CPU explicitly: PartialState() otherwise ignores the
     ranks that torchrun / `accelerate launch` (MULTI_CPU) started and every process thinks it is the main one."""
-    import torch
-    from accelerate import PartialState
-
     return PartialState(cpu=not torch.cuda.is_available())
 
 
 def main(args=None):
-    from accelerate.utils import gather_object
-
     eval_args, model_args = parse_config(CONFIG_TYPES, args)
     trackers = tracking.trackers(eval_args.report_to)
     check_inputs(eval_args)
@@ -505,25 +401,26 @@ def log_to_trackers(tracker, result: dict, records: list[dict], plots: Path, ste
 
 
 def headline(result: dict, report: Path) -> str:
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
+    """What the stage prints at the end: the report's path and every policy's figures, PPO's beside SFT's."""
+    sft, ppo = result["policies"]["sft"], result["policies"]["ppo"]
     lines = [
         f"Report: {report}",
-        f"  reward model accuracy on held-out pairs: {fmt(result['reward_model_accuracy'])}",
-        f"  reward-model score  SFT {fmt(result['sft_reward_model_score'])}  PPO {fmt(result['ppo_reward_model_score'])}",
+        f"  reward model accuracy on held-out pairs: {number(result['reward_model_accuracy'])}",
+        f"  reward-model score  SFT {number(sft['reward_model_score'])}  PPO {number(ppo['reward_model_score'])}",
     ]
-    if result["sft_labeler_score"] is not None:
+    if sft["labeler_score"] is not None:
         lines.append(
-            f"  labeler score       SFT {fmt(result['sft_labeler_score'])}  PPO {fmt(result['ppo_labeler_score'])}"
+            f"  labeler score       SFT {number(sft['labeler_score'])}  PPO {number(ppo['labeler_score'])}"
         )
-    lines.append(f"  KL(PPO || SFT) per answer: {fmt(result['kl_ppo_from_sft'])} nats")
-    others = [name for name in result["policies"] if name not in ("sft", "ppo")]
-    for name in others:
-        policy = result["policies"][name]
-        labeler = f"  labeler {fmt(policy['labeler_score'])}" if policy["labeler_score"] is not None else ""
-        lines.append(f"  {name.upper():<5} reward-model score {fmt(policy['reward_model_score'])}{labeler}  "
-                     f"KL {fmt(policy['kl_from_sft'])} nats")  # fmt: skip
+    lines.append(f"  KL(PPO || SFT) per answer: {number(ppo['kl_from_sft'])} nats")
+    for name, policy in result["policies"].items():
+        if name in ("sft", "ppo"):
+            continue
+        labeler = (
+            f"  labeler {number(policy['labeler_score'])}" if policy["labeler_score"] is not None else ""
+        )
+        lines.append(f"  {name.upper():<5} reward-model score {number(policy['reward_model_score'])}{labeler}  "
+                     f"KL {number(policy['kl_from_sft'])} nats")  # fmt: skip
     lines += [f"  WARNING: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
 

@@ -18,6 +18,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
 from pipeline.analysis.model_card import (
     CardInfo,
     read_data_sources,
@@ -27,6 +30,7 @@ from pipeline.analysis.model_card import (
 )
 from pipeline.common.config import ConfigError, UserError, parse_config, required, run_main
 from pipeline.common.models import check_model_dir
+from pipeline.common.redact import is_secret
 
 STAGES = ("base", "sft", "reward", "ppo", "grpo", "rloo", "dpo")
 # Never uploaded: pickles nobody needs, PPO's value head (training only), temp files, any old card.
@@ -110,6 +114,8 @@ def plan_upload(args: PushArguments):
     base_model = args.base_model_repo or next(
         filter(None, (base_model_of(d) for d in (folder, stage_dir, stage_dir / "adapter"))), None
     )
+    if base_model and is_secret("base_model", base_model):  # a path holding a token stays off the card
+        base_model = None
     base_is_local = bool(base_model) and args.base_model_repo is None and Path(base_model).exists()
     if weights == "adapter" and args.base_model_repo:  # make the adapter loadable from the Hub
         config = json.loads((folder / "adapter_config.json").read_text())
@@ -161,8 +167,6 @@ def describe(uploads: dict[str, Path | bytes]) -> list[str]:
 
 
 def hub_token() -> str:
-    from huggingface_hub import get_token
-
     token = get_token()  # HF_TOKEN, or the token saved by `hf auth login`
     if not token:
         raise UserError(
@@ -190,9 +194,6 @@ def push_stage(args: PushArguments) -> str | None:
         )
     if args.dry_run:
         return None
-
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if constants.is_offline_mode():
         raise UserError(

@@ -24,6 +24,23 @@ REQUIRED = (
     "reward_model_accuracy", "sft_reward_model_score", "ppo_reward_model_score",
     "sft_labeler_score", "ppo_labeler_score", "kl_ppo_from_sft",
 )  # fmt: skip
+# eval.json's top-level figures that scripts read (README), each a copy of one field of one policy's record:
+# key -> (policy, field). The last two only with a labeler.
+CONTRACT = {
+    "sft_reward_model_score": ("sft", "reward_model_score"),
+    "ppo_reward_model_score": ("ppo", "reward_model_score"),
+    "sft_labeler_score": ("sft", "labeler_score"),
+    "ppo_labeler_score": ("ppo", "labeler_score"),
+    "kl_ppo_from_sft": ("ppo", "kl_from_sft"),
+    "ppo_labeler_win_rate": ("ppo", "labeler_win_rate_vs_sft"),
+    "labeler_tie_rate": ("ppo", "labeler_tie_rate_vs_sft"),
+}
+# eval.json's top-level keys, in the order it has always written them.
+TOP_LEVEL = [
+    "reward_model_accuracy", "sft_reward_model_score", "ppo_reward_model_score", "sft_labeler_score",
+    "ppo_labeler_score", "kl_ppo_from_sft", "policies", "ppo_labeler_win_rate", "labeler_tie_rate",
+    "reward_model_margin_mean", "health", "warnings", "counts", "settings",
+]  # fmt: skip
 
 
 def eval_argv(
@@ -39,6 +56,17 @@ def eval_argv(
         "--preference_path", str(tiny_data / "preference"),
         *extra,
     ]  # fmt: skip
+
+
+def assert_top_level_copies_policies(result: dict) -> None:
+    """Every top-level contract figure is its policy's record, to the last bit."""
+    labeled = result["policies"]["sft"]["labeler_score"] is not None
+    assert list(result) == [
+        k for k in TOP_LEVEL if labeled or k not in ("ppo_labeler_win_rate", "labeler_tie_rate")
+    ]
+    for key, (name, field) in CONTRACT.items():
+        if key in result:
+            assert result[key] == result["policies"][name][field], key
 
 
 def read_samples(run: Path) -> list[dict]:
@@ -82,6 +110,7 @@ def test_policy_against_itself_has_zero_kl_and_identical_answers(tmp_path, tiny_
     assert saved == json.loads(json.dumps(result))
     for key in REQUIRED:
         assert isinstance(saved[key], float) and math.isfinite(saved[key]), key
+    assert_top_level_copies_policies(saved)
     assert saved["counts"] == {"num_prompts": 24, "num_preference_pairs": 40}
     assert abs(saved["kl_ppo_from_sft"]) < 1e-4
     samples = read_samples(tmp_path)
@@ -225,13 +254,13 @@ def test_batched_logprobs_match_one_sequence_at_a_time(tiny_sft, tiny_data):
     from trl import ModelConfig
 
     from pipeline.common.models import load_tokenizer
-    from pipeline.evaluate import EvalArguments, load_policy, sample
+    from pipeline.evaluate import EvalArguments, load_policy_for_inference, sample
     from pipeline.lm.logprobs import sequence_logprobs
     from pipeline.lm.sampling import first_eos_mask
 
     args = EvalArguments(run_dir="unused", batch_size=4, max_new_tokens=12, temperature=0.7)
     tokenizer = load_tokenizer(str(tiny_sft))
-    model = load_policy(str(tiny_sft), ModelConfig(), torch.device("cpu"))
+    model = load_policy_for_inference(str(tiny_sft), ModelConfig(), torch.device("cpu"))
     prompts = load_from_disk(str(tiny_data / "eval_prompts"))["prompt"][:4]
     prompts[1] = "\n\nHuman: Hi! Please, I really want to learn a lot about cats and dogs.\n\nAssistant:"
     (query,), (responses,) = sample(model, tokenizer, prompts, args, seed=0)
@@ -273,3 +302,47 @@ def test_a_wrong_reward_fn_fails_before_any_policy_samples(tmp_path, tiny_data, 
                      "--reward_fn", "data_prep.task:no_such_function")  # fmt: skip
     with pytest.raises(UserError, match="no_such_function"):
         evaluate.main(argv)
+
+
+def test_every_top_level_figure_is_its_policy_record(tmp_path):
+    """eval.json keeps the top-level keys user scripts read, each equal to its `policies` record and to the mean
+    over the saved answers it always was; with and without a labeler, with alternatives beside PPO."""
+    import statistics
+
+    from pipeline.analysis.summary import summarize
+    from pipeline.evaluate import EvalArguments
+    from tests.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
+
+    records = records_of(SFT_ANSWERS, SFT_ANSWERS[::-1], [0.25 * i for i in range(60)], 1.5, -1.0)
+    for i, record in enumerate(records):
+        record.update({"ppo_labeler_score": float(i % 3 - 1), "grpo_response": "Sure.", "grpo_ended": False,
+                       "grpo_length": 3, "grpo_log_ratio": 0.5 * i, "grpo_reward_model_score": -0.5 * i,
+                       "grpo_labeler_score": 1.0})  # fmt: skip
+    policies = {"ppo": str(tmp_path / "ppo"), "grpo": str(tmp_path / "grpo")}
+    unlabeled = [{k: None if k.endswith("_labeler_score") else v for k, v in r.items()} for r in records]
+    for labeler, answers in (("data_prep.task:labeler_scores", records), (None, unlabeled)):
+        args = EvalArguments(run_dir=str(tmp_path), labeler=labeler)
+        result = summarize(answers, [0.5, -0.1, 0.3], args, 1, chosen=CHOSEN_SCORES, policies=policies)
+        assert_top_level_copies_policies(result)
+        mean_score = statistics.fmean(r["ppo_reward_model_score"] for r in answers)
+        assert result["ppo_reward_model_score"] == mean_score
+        assert result["kl_ppo_from_sft"] == 1.5 and result["policies"]["grpo"]["kl_from_sft"] == 14.75
+        if labeler:
+            assert result["ppo_labeler_score"] == 0.0 and result["sft_labeler_score"] == 0.0
+            assert result["ppo_labeler_win_rate"] == 20 / 60 and result["labeler_tie_rate"] == 20 / 60
+        else:
+            assert result["ppo_labeler_score"] is None and "ppo_labeler_win_rate" not in result
+
+
+def test_eval_settings_hold_no_token(tmp_path, monkeypatch):
+    """eval.json goes up with a pushed model (rlhf_eval.json): a setting that holds the environment's token is left
+    out of it (pipeline.common.redact), the others kept."""
+    from pipeline.analysis.summary import settings
+    from pipeline.evaluate import EvalArguments
+
+    token = "hf_FAKEtokenForTests0123456789abcdefXYZ"
+    monkeypatch.setenv("HF_TOKEN", token)
+    args = EvalArguments(run_dir=str(tmp_path), eval_prompts_path=f"https://user:{token}@example.com/prompts")
+    saved = settings(args, 1)
+    assert token not in json.dumps(saved) and "eval_prompts_path" not in saved
+    assert saved["preference_path"] == f"{tmp_path / 'data' / 'preference'}[test]" and saved["seed"] == 0

@@ -72,7 +72,8 @@ def test_quantile_matches_numpy():
 
 def test_the_report_shows_the_warning_box_with_its_numbers(tmp_path):
     from pipeline.analysis.report import write_report
-    from pipeline.evaluate import EvalArguments, summarize
+    from pipeline.analysis.summary import summarize
+    from pipeline.evaluate import EvalArguments
 
     def report(records) -> str:
         args = EvalArguments(run_dir=str(tmp_path), labeler="data_prep.task:labeler_scores")

@@ -154,7 +154,8 @@ def test_timing_off_logs_no_time_and_trains_the_same(timed_run, tiny_policy, tin
 
 def test_report_draws_the_timing_chart_only_for_timed_runs(tmp_path):
     from pipeline.analysis.report import write_report
-    from pipeline.evaluate import EvalArguments, summarize
+    from pipeline.analysis.summary import summarize
+    from pipeline.evaluate import EvalArguments
     from tests.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
 
     records = records_of(SFT_ANSWERS, SFT_ANSWERS, [1.0] * len(SFT_ANSWERS), 1.0, -1.0)

@@ -25,6 +25,11 @@ EVAL = {
     "sft_labeler_score": 0.75,
     "ppo_labeler_score": 2.25,
     "kl_ppo_from_sft": 3.125,
+    # Each policy's record, where the card reads its figures (the top-level keys above are copies of these).
+    "policies": {
+        "sft": {"reward_model_score": -0.25, "labeler_score": 0.75, "kl_from_sft": 0.0},
+        "ppo": {"reward_model_score": 1.5, "labeler_score": 2.25, "kl_from_sft": 3.125},
+    },
     "counts": {"num_prompts": 128, "num_preference_pairs": 466},
 }
 
@@ -198,3 +203,27 @@ def test_reward_model_card_says_how_to_score():
     assert "pipeline_tag: text-classification" in metadata and "license: apache-2.0" in metadata
     assert 'AutoModelForSequenceClassification.from_pretrained("bob/rm")' in card
     assert "## Evaluation" not in card  # no eval.json, no made-up figures
+
+
+def test_a_token_in_the_recipe_stays_off_the_card(run_with_sft, tmp_path, monkeypatch):
+    """What the card quotes from the recipe passes the one secret rule (pipeline.common.redact): a value that holds
+    the environment's token is left out, the rest shown as before."""
+    import shutil
+
+    import yaml
+
+    from pipeline.push import PushArguments, plan_upload
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    recipe = tmp_path / "recipe"
+    shutil.copytree(RECIPE, recipe)
+    for name, key in (("sft.yaml", "model_name_or_path"), ("data.yaml", "sft_data")):
+        config = yaml.safe_load((recipe / name).read_text())
+        config[key] = f"https://user:{TOKEN}@example.com/{key}"
+        (recipe / name).write_text(yaml.safe_dump(config))
+    args = PushArguments(stage="sft", run_dir=str(run_with_sft), recipe_dir=str(recipe), dry_run=True)
+    _, uploads, _ = plan_upload(args)
+    card = uploads["README.md"].decode()
+    assert TOKEN not in card and TOKEN[3:20] not in card
+    assert "model_name_or_path" not in card and "sft_data" not in card
+    assert "| `learning_rate` |" in card and "- `source`: `builtin`" in card  # the rest, as before

@@ -1,7 +1,8 @@
 """The model card (README.md) pushed with a stage's output: what it is, what it came from, how to load it.
 
 Built only from files on disk (the recipe's YAML, adapter_config.json / config.json, eval.json), never from the
-environment, so no secret can end up in it. Metadata goes through `huggingface_hub.ModelCardData`.
+environment; what it takes from a recipe passes the one secret rule (pipeline.common.redact), so no token written
+into a YAML file reaches the card either. Metadata goes through `huggingface_hub.ModelCardData`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
+from huggingface_hub import ModelCardData
+
+from pipeline.common.redact import is_secret
 
 STAGE_TITLES = {
     "base": "base language model (pretrained from scratch on the built-in corpus)",
@@ -31,15 +37,6 @@ KEY_HYPERPARAMETERS = (
 )  # fmt: skip
 DATA_KEYS = ("source", "sft_data", "preference_data", "preference_test_data")
 
-EVAL_ROWS = (
-    ("reward_model_accuracy", "reward-model accuracy on held-out preference pairs"),
-    ("sft_reward_model_score", "mean reward-model score, SFT policy"),
-    ("ppo_reward_model_score", "mean reward-model score, PPO policy"),
-    ("sft_labeler_score", "mean labeler score, SFT policy (built-in task)"),
-    ("ppo_labeler_score", "mean labeler score, PPO policy (built-in task)"),
-    ("kl_ppo_from_sft", "KL(PPO || SFT) per answer, nats"),
-)
-
 
 @dataclass
 class CardInfo:
@@ -59,9 +56,7 @@ def looks_like_hub_id(value: str) -> bool:
     return value.count("/") == 1 and not Path(value).exists() and not Path(value).suffix
 
 
-def card_metadata(info: CardInfo):
-    from huggingface_hub import ModelCardData
-
+def card_metadata(info: CardInfo) -> ModelCardData:
     hub_data = sorted({v for v in info.data.values() if isinstance(v, str) and looks_like_hub_id(v)})
     return ModelCardData(
         base_model=info.base_model if info.base_model and not info.base_model_is_local else None,
@@ -149,42 +144,41 @@ def render_card(info: CardInfo) -> str:
 
 
 def eval_rows(stage: str, eval_results: dict) -> list[tuple[str, float | None]]:
-    """The card's evaluation rows (label, value): the run's headline, or for GRPO / RLOO / DPO their own
-    leaderboard entry beside the SFT policy's."""
-    policy = eval_results.get("policies", {}).get(stage)
-    if stage in ("sft", "reward", "ppo") or policy is None:
-        return [(label, eval_results.get(key)) for key, label in EVAL_ROWS]
-    sft, name = eval_results["policies"]["sft"], stage.upper()
-    return [
+    """The card's evaluation rows (label, value), from eval.json's `policies`: the stage's own policy beside the
+    SFT policy (PPO's for the SFT, reward and PPO stages, the run's headline)."""
+    policies = eval_results.get("policies", {})
+    name = stage if stage in policies and stage not in ("sft", "reward") else "ppo"
+    sft, policy, title = policies.get("sft", {}), policies.get(name, {}), name.upper()
+    rows = [
         ("reward-model accuracy on held-out preference pairs", eval_results.get("reward_model_accuracy")),
-        ("mean reward-model score, SFT policy", sft["reward_model_score"]),
-        (f"mean reward-model score, {name} policy", policy["reward_model_score"]),
-        ("mean labeler score, SFT policy (built-in task)", sft["labeler_score"]),
-        (f"mean labeler score, {name} policy (built-in task)", policy["labeler_score"]),
-        (f"KL({name} || SFT) per answer, nats", policy["kl_from_sft"]),
-        (
-            f"share of prompts where the labeler prefers {name}'s answer",
-            policy.get("labeler_win_rate_vs_sft"),
-        ),
+        ("mean reward-model score, SFT policy", sft.get("reward_model_score")),
+        (f"mean reward-model score, {title} policy", policy.get("reward_model_score")),
+        ("mean labeler score, SFT policy (built-in task)", sft.get("labeler_score")),
+        (f"mean labeler score, {title} policy (built-in task)", policy.get("labeler_score")),
+        (f"KL({title} || SFT) per answer, nats", policy.get("kl_from_sft")),
     ]
+    if name != "ppo":  # the alternatives' cards have quoted their win rate from the start; PPO's never has
+        win_rate = f"share of prompts where the labeler prefers {title}'s answer"
+        rows.append((win_rate, policy.get("labeler_win_rate_vs_sft")))
+    return rows
 
 
 def read_hyperparameters(recipe_file: Path) -> dict:
-    import yaml
-
-    if not recipe_file.is_file():
-        return {}
-    config = yaml.safe_load(recipe_file.read_text()) or {}
-    return {k: config[k] for k in KEY_HYPERPARAMETERS if k in config}
+    """The KEY_HYPERPARAMETERS the stage's YAML sets, less any that holds a secret."""
+    return public_keys(recipe_file, KEY_HYPERPARAMETERS)
 
 
 def read_data_sources(data_file: Path) -> dict:
-    import yaml
+    """The DATA_KEYS data.yaml sets (not null), less any that holds a secret."""
+    return {k: v for k, v in public_keys(data_file, DATA_KEYS).items() if v is not None}
 
-    if not data_file.is_file():
+
+def public_keys(recipe_file: Path, keys: tuple[str, ...]) -> dict:
+    """These keys of a recipe YAML file, in this order, where set and not a secret (pipeline.common.redact)."""
+    if not recipe_file.is_file():
         return {}
-    config = yaml.safe_load(data_file.read_text()) or {}
-    return {k: config[k] for k in DATA_KEYS if config.get(k) is not None}
+    config = yaml.safe_load(recipe_file.read_text()) or {}
+    return {k: config[k] for k in keys if k in config and not is_secret(k, config[k])}
 
 
 def read_eval(path: Path) -> dict | None:

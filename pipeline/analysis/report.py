@@ -3,6 +3,10 @@
     plots/ppo_training.png          PPO curves over steps (reward, KL, value loss, response length)
     plots/ppo_timing.png            seconds per PPO step by phase (generate, forward, ...), when PPO timed them
     plots/reward_distributions.png  histograms of SFT vs PPO scores (reward model; labeler on the built-in task)
+    plots/gold_curve.png            PPO's held-out scores against KL, when PPO ran gold evaluations
+    plots/leaderboard.png           every policy's score against its KL, when alternatives sit beside PPO
+
+It reads eval.json's `policies` (pipeline/analysis/summary.py), never its top-level copies.
 
 Matplotlib runs on the Agg backend: no display needed.
 """
@@ -30,6 +34,8 @@ TRAINING_PANELS = [
 
 
 def _pyplot():
+    """pyplot on the Agg backend. Imported here, not at module level: matplotlib takes about half a second to import,
+    only a report that draws needs it, and the backend must be chosen before pyplot is first imported."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +67,7 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 def plot_training(metrics: list[dict], path: Path) -> bool:
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy, as _pyplot
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     drawn = False
@@ -115,7 +121,7 @@ def plot_timing(metrics: list[dict], path: Path) -> bool:
     if not rows or not phases:
         return False
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy, as _pyplot
 
     fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
     steps = [row.get("step", i + 1) for i, row in enumerate(rows)]
@@ -308,7 +314,9 @@ def write_report(
     gold_points = plot_gold_curve(metrics, plots / "gold_curve.png")
     plot_distributions(records, plots / "reward_distributions.png")
     policies = result["policies"]
+    sft, ppo = policies["sft"], policies["ppo"]
     counts = result["counts"]
+    labeled = sft["labeler_score"] is not None
 
     lines = [f"# Evaluation of {run_dir.name}", "", *warning_box(result)]
     lines += [
@@ -318,39 +326,38 @@ def write_report(
         "",
         "| | SFT | PPO |",
         "|---|---|---|",
-        f"| reward-model score (mean) | {number(result['sft_reward_model_score'])} | {number(result['ppo_reward_model_score'])} |",
+        f"| reward-model score (mean) | {number(sft['reward_model_score'])} | {number(ppo['reward_model_score'])} |",
     ]
-    if result.get("sft_labeler_score") is not None:
+    if labeled:
         lines.append(
-            f"| labeler score (mean) | {number(result['sft_labeler_score'])} | {number(result['ppo_labeler_score'])} |"
+            f"| labeler score (mean) | {number(sft['labeler_score'])} | {number(ppo['labeler_score'])} |"
         )
     lines += [
-        f"| response length (tokens) | {number(policies['sft']['response_length_mean'])} "
-        f"| {number(policies['ppo']['response_length_mean'])} |",
-        f"| answers that ended (EOS) | {number(policies['sft']['ended_fraction'])} | {number(policies['ppo']['ended_fraction'])} |",
+        f"| response length (tokens) | {number(sft['response_length_mean'])} | {number(ppo['response_length_mean'])} |",
+        f"| answers that ended (EOS) | {number(sft['ended_fraction'])} | {number(ppo['ended_fraction'])} |",
         "",
-        f"- **KL(PPO ‖ SFT)**: {number(result['kl_ppo_from_sft'])} nats per answer (on PPO's samples).",
+        f"- **KL(PPO ‖ SFT)**: {number(ppo['kl_from_sft'])} nats per answer (on PPO's samples).",
         f"- **Reward-model accuracy** on {counts['num_preference_pairs']} held-out preference pairs: "
         f"{number(result['reward_model_accuracy'])} (chance: 0.5).",
     ]
-    if result.get("sft_labeler_score") is not None:
-        rm_gain = result["ppo_reward_model_score"] - result["sft_reward_model_score"]
-        labeler_gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
+    if labeled:
+        rm_gain = ppo["reward_model_score"] - sft["reward_model_score"]
+        labeler_gain = ppo["labeler_score"] - sft["labeler_score"]
         lines.append(
             f"- **Gain over SFT**: reward model {rm_gain:+.3f}, labeler {labeler_gain:+.3f} (a reward-model gain "
             "without a labeler gain is the reward model being exploited)."
         )
-    if "ppo_labeler_win_rate" in result:
+    if ppo.get("labeler_win_rate_vs_sft") is not None:
         lines.append(
-            f"- PPO's answer scores higher than SFT's with the labeler on {result['ppo_labeler_win_rate']:.0%} of "
-            f"prompts (ties {result['labeler_tie_rate']:.0%})."
+            f"- PPO's answer scores higher than SFT's with the labeler on {ppo['labeler_win_rate_vs_sft']:.0%} of "
+            f"prompts (ties {ppo['labeler_tie_rate_vs_sft']:.0%})."
         )
     if len(policies) > 2:  # alternatives beside PPO (make compare)
         plot_leaderboard(result, plots / "leaderboard.png")
         columns, rows = leaderboard_rows(result)
         lines += ["", "## Leaderboard", "",
                   "Every policy answered the same held-out prompts with the same sampling settings and seed, scored "
-                  "by the same reward model" + (" and labeler" if policies["sft"]["labeler_score"] is not None else "")
+                  "by the same reward model" + (" and labeler" if labeled else "")
                   + "; KL is each policy's own, on its own answers. *From this SFT* checks each policy's run record "
                   "against the SFT model evaluated here.", "", *markdown_table(columns, rows), "",
                   "![Score against KL](plots/leaderboard.png)"]  # fmt: skip

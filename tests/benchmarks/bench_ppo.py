@@ -32,6 +32,7 @@ import statistics
 from pathlib import Path
 
 from pipeline.common.outputs import checkpoints_dir
+from pipeline.common.tables import markdown_table
 from tests.benchmarks.common import (
     BENCH_DIR,
     ENGINE_CONFIGS,
@@ -39,11 +40,11 @@ from tests.benchmarks.common import (
     REPO,
     baseline_rss_mib,
     bench_env,
+    bench_value,
     ensure_trl112_venv,
     invocation,
     launcher,
     machine_description,
-    markdown_table,
     run_measured,
 )
 
@@ -375,6 +376,7 @@ def main(argv=None) -> None:
                if "error" not in r else ["FAILED (see the JSON)", None, None, None, None, None, None, None])
             for r in all_rows
         ],
+        bench_value,
     )  # fmt: skip
     print()
     print(f"Command: `{invocation()}`")
@@ -384,18 +386,19 @@ def main(argv=None) -> None:
     )
     print(f"Import-only baseline peak RSS (MiB): {', '.join(f'{k} {v:.0f}' for k, v in baselines.items())}")
     print()
-    print(table)
+    print("\n".join(table))
     timed = [r for r in all_rows if r.get("phases")]
     if timed:
         names = ["generate", "forward", "reference", "reward", "update", "other", "step"]
         print(
             "\nOur trainer's phases, seconds per PPO step (its time/* metrics, mean of the steady steps):\n"
         )
-        print(markdown_table(
+        print("\n".join(markdown_table(
             ["model", "trainer", *names, "generated tok/s", "trained tok/s"],
             [[f"{r['size']} ({r['params_m']:.1f}M)", r["name"], *(r["phases"][n] for n in names),
               r["phases"]["generated_tokens_per_s"], r["phases"]["trained_tokens_per_s"]] for r in timed],
-        ))  # fmt: skip
+            bench_value,
+        )))  # fmt: skip
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(
         json.dumps(dict(command=invocation(), baselines=baselines, rows=all_rows), indent=1, default=str)

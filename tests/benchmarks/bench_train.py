@@ -23,15 +23,16 @@ import json
 import statistics
 from pathlib import Path
 
+from pipeline.common.tables import markdown_table
 from tests.benchmarks.common import (
     BENCH_DIR,
     REPO,
     bench_env,
+    bench_value,
     check,
     invocation,
     launcher,
     machine_description,
-    markdown_table,
     run_measured,
 )
 
@@ -172,7 +173,7 @@ def main(argv=None) -> None:
         "peak RSS (MiB)",
         "tokens counted as",
     ]
-    print(markdown_table(headers, rows))
+    print("\n".join(markdown_table(headers, rows, bench_value)))
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(dict(command=invocation(), runs=raw), indent=1, default=str))
     print(f"\n(raw results, with each stage's exact command: {a.json})")

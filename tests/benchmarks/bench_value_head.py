@@ -20,15 +20,16 @@ import json
 import statistics
 from pathlib import Path
 
+from pipeline.common.tables import markdown_table
 from tests.benchmarks.common import (
     BENCH_DIR,
     PROJECT_PYTHON,
     REPO,
     bench_env,
+    bench_value,
     check,
     invocation,
     machine_description,
-    markdown_table,
     run_measured,
 )
 
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
     print()
     headers = ["value head", "episodes", "labeler (mean)", "labeler per seed", "labeler (worst seed)",
                "win rate vs SFT", "RM score", "KL (nats)", "PPO CPU s", "PPO wall s", "peak RSS (MiB)"]  # fmt: skip
-    print(markdown_table(headers, rows))
+    print("\n".join(markdown_table(headers, rows, bench_value)))
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(dict(command=invocation(), runs=raw), indent=1))
     print(f"\n(raw results, with each run's exact commands: {a.json})")

@@ -1,4 +1,4 @@
-"""Shared plumbing of the benchmarks: timed subprocess runs, peak memory, the reference virtualenv, tables.
+"""Shared plumbing of the benchmarks: timed subprocess runs, peak memory, the reference virtualenv, table cells.
 
 Every measured run is its own process, so its peak memory is its own: `os.wait4` returns the resource usage
 of exactly that child (ru_maxrss = its peak resident set, in KiB on Linux). Per-step times come from the
@@ -227,17 +227,14 @@ def machine_description() -> str:
     )
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def bench_value(value) -> str:
+    """A benchmark table's cell (for pipeline.common.tables.markdown_table): 3 significant digits, whole numbers
+    from 100, '-' for a run that measured nothing; text as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
 
 
 def invocation() -> str:
