@@ -481,10 +481,10 @@ def test_evaluation_samples_as_ppo_does(leaky_model, small_data, capsys):
     from transformers import AutoTokenizer
     from trl import ModelConfig
 
-    from pipeline.evaluate import EvalArguments, load_policy, sample
+    from pipeline.evaluate import EvalArguments, load_policy_for_inference, sample
 
     tokenizer = AutoTokenizer.from_pretrained(leaky_model)
-    policy = load_policy(str(leaky_model), ModelConfig(), "cpu")
+    policy = load_policy_for_inference(str(leaky_model), ModelConfig(), "cpu")
     spy = ProcessorSpy(policy)
     args = EvalArguments(run_dir=str(leaky_model.parent), max_new_tokens=3, batch_size=4)
     prompts = load_from_disk(str(small_data / "eval_prompts"))["prompt"][:4]
