@@ -14,16 +14,27 @@ knows your task's language before you rent a GPU. Texts are packed into rows of 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainingArguments
+import torch
+from datasets import load_from_disk
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    DataCollatorForLanguageModeling,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from trl import pack_dataset
 
 from pipeline.common.config import UserError, parse_config, required, run_main
-from pipeline.common.outputs import publish, staging_dir
-from pipeline.common.tracking import TrackerCallback
+from pipeline.common.training import RunOutputArguments, run_trainer_stage, save_trained_weights
 from pipeline.lm.packing import PackedCollator
 
 # HH-RLHF-style chat template: the same text the built-in task and the HH converter produce, so `messages` and
@@ -41,7 +52,7 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
 @dataclass
-class BaseModelArguments:
+class BaseModelArguments(RunOutputArguments):
     """What to pretrain on and how big the model is (the optimisation settings are TrainingArguments)."""
 
     corpus_path: str | None = required("datasets dir with a `text` column (runs/<recipe>/data/pretrain)")
@@ -74,8 +85,6 @@ CONFIG_TYPES = (BaseModelArguments, TrainingArguments)
 
 
 def load_corpus(path: str):
-    from datasets import load_from_disk
-
     if not Path(path).exists():
         raise UserError(
             f"Pretraining corpus {path} does not exist. Build it first: make data RECIPE=recipes/<name> (python -m "
@@ -90,9 +99,6 @@ def load_corpus(path: str):
 
 def train_tokenizer(texts, vocab_size: int, max_length: int, split_digits: bool = False):
     """Byte-level BPE (the GPT-2/Llama-3 family's scheme): any string is encodable, no unknown tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if split_digits:
@@ -115,9 +121,6 @@ def train_tokenizer(texts, vocab_size: int, max_length: int, split_digits: bool 
 
 
 def build_model(args: BaseModelArguments, tokenizer, seed: int):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=args.hidden_size,
@@ -138,82 +141,76 @@ def build_model(args: BaseModelArguments, tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def main(args=None):
-    from transformers import DataCollatorForLanguageModeling, GenerationConfig, Trainer, set_seed
-
+def main(args=None, callbacks=None):
+    """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     model_args, training_args = parse_config(CONFIG_TYPES, args)
-    tracker = TrackerCallback("base", training_args.output_dir, training_args, model_args)
-    set_seed(training_args.seed)
+    output_dir = training_args.output_dir
 
-    corpus = load_corpus(model_args.corpus_path).shuffle(seed=training_args.seed)
-    tokenizer = train_tokenizer(
-        corpus["text"], model_args.vocab_size, model_args.max_length, model_args.split_digits
-    )
-    eos = tokenizer.eos_token
+    def load_data():
+        set_seed(training_args.seed)
+        return load_corpus(model_args.corpus_path).shuffle(seed=training_args.seed)
 
-    def tokenize(batch):
-        return tokenizer([t + eos for t in batch["text"]], truncation=True, max_length=model_args.max_length)
+    def build_trainer(corpus, resume, stage_callbacks):
+        tokenizer = train_tokenizer(
+            corpus["text"], model_args.vocab_size, model_args.max_length, model_args.split_digits
+        )
+        eos = tokenizer.eos_token
 
-    tokenized = corpus.map(tokenize, batched=True, remove_columns=corpus.column_names)
-    splits = tokenized.train_test_split(test_size=model_args.eval_fraction, seed=training_args.seed)
-    texts = len(splits["train"])
-    if model_args.packing:
-        from trl import pack_dataset
+        def tokenize(batch):
+            return tokenizer(
+                [t + eos for t in batch["text"]], truncation=True, max_length=model_args.max_length
+            )
 
-        splits = pack_dataset(splits.remove_columns("attention_mask"), model_args.max_length, strategy="bfd")
-        collator = PackedCollator(tokenizer.pad_token_id)
-        # The collator needs seq_lengths, which forward() does not take.
-        training_args.remove_unused_columns = False
-    else:
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        tokenized = corpus.map(tokenize, batched=True, remove_columns=corpus.column_names)
+        splits = tokenized.train_test_split(test_size=model_args.eval_fraction, seed=training_args.seed)
+        texts = len(splits["train"])
+        if model_args.packing:
+            splits = pack_dataset(
+                splits.remove_columns("attention_mask"), model_args.max_length, strategy="bfd"
+            )
+            collator = PackedCollator(tokenizer.pad_token_id)
+            # The collator needs seq_lengths, which forward() does not take.
+            training_args.remove_unused_columns = False
+        else:
+            collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
-    model = build_model(model_args, tokenizer, training_args.seed)
-    rows = f" packed into {len(splits['train'])} rows of up to {model_args.max_length} tokens"
-    print(
-        f"Pretraining a {model.num_parameters() / 1e6:.2f}M-parameter Llama on {texts} texts"
-        f"{rows if model_args.packing else ''}."
-    )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["test"],
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[tracker],
-    )
-    trainer.train()
-    metrics = trainer.evaluate()
-    tracker.finish()
-    metrics["uniform_baseline_loss"] = math.log(len(tokenizer))
-    metrics["num_parameters"] = model.num_parameters()
+        model = build_model(model_args, tokenizer, training_args.seed)
+        rows = f" packed into {len(splits['train'])} rows of up to {model_args.max_length} tokens"
+        print(
+            f"Pretraining a {model.num_parameters() / 1e6:.2f}M-parameter Llama on {texts} texts"
+            f"{rows if model_args.packing else ''}."
+        )
+        return Trainer(model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["test"],
+                       data_collator=collator, processing_class=tokenizer, callbacks=stage_callbacks)  # fmt: skip
 
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=True,
-        max_new_tokens=48,
-    )
-    if trainer.is_world_process_zero():
-        save_atomically(trainer, tokenizer, training_args.output_dir, metrics)
+    def measure(trainer, train_result, resume):
+        metrics = trainer.evaluate()
+        metrics["uniform_baseline_loss"] = math.log(len(trainer.processing_class))
+        metrics["num_parameters"] = trainer.model.num_parameters()
+        return metrics
+
+    def fill_artifact(trainer, folder, metrics):
+        """The model with its generation defaults, and the tokenizer: loadable like a hub model."""
+        tokenizer = trainer.processing_class
+        trainer.model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=True,
+            max_new_tokens=48,
+        )
+        save_trained_weights(trainer, folder)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(folder)
+
+    metrics = run_trainer_stage("base", (model_args, training_args), load_data=load_data,
+                                build_trainer=build_trainer, measure=measure, fill_artifact=fill_artifact,
+                                callbacks=callbacks)  # fmt: skip
     print(
         f"Held-out loss {metrics['eval_loss']:.3f} (uniform baseline {metrics['uniform_baseline_loss']:.3f}); "
-        f"saved to {training_args.output_dir}"
+        f"saved to {output_dir}"
     )
     return metrics
-
-
-def save_atomically(trainer, tokenizer, output_dir: str, metrics: dict) -> None:
-    """Write to a sibling temp dir and rename, so a crash never leaves half a model where a stage expects one."""
-    final = Path(output_dir)
-    tmp = staging_dir(final)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(tmp)
-    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-    for leftover in ("training_args.bin",):  # pickled; nothing downstream needs it
-        (tmp / leftover).unlink(missing_ok=True)
-    publish(tmp, final)
 
 
 if __name__ == "__main__":

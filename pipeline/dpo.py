@@ -12,12 +12,11 @@ Output (`output_dir`): the LoRA adapter + tokenizer, a plain merged model in `me
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
-from trl import DPOConfig
+from trl import DPOConfig, DPOTrainer
 
-from pipeline.common.config import required, run_main
+from pipeline.common.config import parse_config, required, run_main
 from pipeline.common.training import LoraModelConfig, peft_config
 from pipeline.online import PolicyOutputArguments, train_policy
 from pipeline.reward import load_pair_splits
@@ -38,21 +37,21 @@ CONFIG_TYPES = (DPOScriptArguments, DPOConfig, LoraModelConfig)
 
 
 def main(args=None, callbacks=None) -> dict:
-    from trl import DPOTrainer
+    configs = parse_config(CONFIG_TYPES, args)
+    script_args, training_args, model_args = configs
 
-    def load_data(script_args, training_args):
+    def load_data():
         columns = ["prompt", "chosen", "rejected"]
         train, held_out = load_pair_splits(script_args)
         return train.select_columns(columns), None if held_out is None else held_out.select_columns(columns)
 
-    def build(script_args, training_args, model_args, model, tokenizer, pairs, all_callbacks):
+    def build_trainer(model, tokenizer, pairs, stage_callbacks):
         train, held_out = pairs
-        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=held_out,
-                             processing_class=tokenizer, peft_config=peft_config(model_args),
-                             callbacks=all_callbacks)  # fmt: skip
-        return trainer, contextlib.nullcontext()
+        return DPOTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=held_out,
+                          processing_class=tokenizer, peft_config=peft_config(model_args),
+                          callbacks=stage_callbacks)  # fmt: skip
 
-    return train_policy("dpo", CONFIG_TYPES, args, load_data, build, callbacks)
+    return train_policy("dpo", configs, load_data, build_trainer, callbacks)
 
 
 if __name__ == "__main__":

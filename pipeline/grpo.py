@@ -13,9 +13,9 @@ Output (`output_dir`): the LoRA adapter + tokenizer, a plain merged model in `me
 
 from __future__ import annotations
 
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 
-from pipeline.common.config import run_main
+from pipeline.common.config import parse_config, run_main
 from pipeline.common.training import LoraModelConfig
 from pipeline.online import OnlineScriptArguments, train_online
 
@@ -23,9 +23,7 @@ CONFIG_TYPES = (OnlineScriptArguments, GRPOConfig, LoraModelConfig)
 
 
 def main(args=None, callbacks=None) -> dict:
-    from trl import GRPOTrainer
-
-    return train_online("grpo", GRPOTrainer, CONFIG_TYPES, args, callbacks)
+    return train_online("grpo", GRPOTrainer, parse_config(CONFIG_TYPES, args), callbacks)
 
 
 if __name__ == "__main__":

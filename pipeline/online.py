@@ -18,18 +18,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+from pipeline.common.config import ConfigError, UserError, nulls_to_none, required
 from pipeline.common.models import is_adapter_dir, load_model, load_tokenizer
-from pipeline.common.outputs import checkpoints_dir, resolve_resume, run_identity
-from pipeline.common.tracking import TrackerCallback
 from pipeline.common.training import (
     RunOutputArguments,
-    StopOnNonFinite,
-    begin_run,
     check_quantized_needs_peft,
-    finish_training,
     peft_config,
-    report_engine,
+    run_trainer_stage,
     save_policy,
 )
 from pipeline.lm.sampling import check_untruncated, generation_config, load_prompts, our_config_only
@@ -94,8 +92,6 @@ def sft_policy_path(name_or_path: str) -> str:
 
 def load_start_model(model_args, trust_remote_code: bool):
     """(model, tokenizer, start path): the SFT policy as a plain causal LM, through the one loader."""
-    from transformers import AutoModelForCausalLM
-
     if not model_args.model_name_or_path:
         raise UserError("Set model_name_or_path: the SFT stage's output (runs/<recipe>/sft).")
     check_quantized_needs_peft(model_args)
@@ -161,35 +157,34 @@ def reward_function(script_args: OnlineScriptArguments, model_args, tokenizer, d
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def train_policy(stage: str, config_types, args, load_data, build_trainer, callbacks=None) -> dict:
-    """Parse the config, read and check the data with `load_data(script_args, training_args)` before anything is
-    written or loaded, start the run, build the TRL trainer with `build_trainer(script_args, training_args,
-    model_args, model, tokenizer, data, callbacks) -> (trainer, context)`, train inside `context` (resuming when
-    asked), save the policy; returns the metrics."""
-
-    script_args, training_args, model_args = parse_config(config_types, args)
-    data = load_data(script_args, training_args)
-    identity = run_identity(stage, (script_args, training_args, model_args))
-    tracker = TrackerCallback(stage, training_args.output_dir, training_args, script_args, model_args)
+def train_policy(
+    stage: str, configs: tuple, load_data, build_trainer, callbacks=None, training_context=None
+) -> dict:
+    """GRPO, RLOO or DPO from its parsed `configs`: `load_data()` reads and checks the data before anything is
+    written or loaded; the start model (`load_start_model`) goes to `build_trainer(model, tokenizer, data, callbacks)`
+    -> the TRL trainer; the artifact is the policy (`save_policy`) with TRL's log; returns the metrics."""
+    script_args, training_args, model_args = configs
     final_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
-    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
-    model, tokenizer, start = load_start_model(model_args, training_args.trust_remote_code)
-    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
-    trainer, context = build_trainer(
-        script_args, training_args, model_args, model, tokenizer, data,
-        [*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
-    )  # fmt: skip
-    report_engine(trainer.accelerator)
-    with context:
-        train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
-    metrics = {**train_result.metrics, "start_model": start,
-               "resumed_from_checkpoint": None if resume is None else str(resume)}  # fmt: skip
-    save_policy(trainer, tokenizer, final_dir, identity, script_args.merge_adapter, model_args, metrics,
-                write_extra=lambda folder: write_log(trainer, folder))  # fmt: skip
-    tracker.finish()
-    finish_training(trainer, final_dir, script_args.keep_checkpoints)
-    if trainer.is_world_process_zero():
+    start = None  # the plain model the policy starts from, as loaded in build
+
+    def build(data, resume, stage_callbacks):
+        nonlocal start
+        model, tokenizer, start = load_start_model(model_args, training_args.trust_remote_code)
+        return build_trainer(model, tokenizer, data, stage_callbacks)
+
+    def measure(trainer, train_result, resume):
+        return {**train_result.metrics, "start_model": start,
+                "resumed_from_checkpoint": None if resume is None else str(resume)}  # fmt: skip
+
+    def fill_artifact(trainer, folder, metrics):
+        save_policy(trainer, folder, trainer.processing_class, script_args.merge_adapter, model_args)
+        if trainer.is_world_process_zero():
+            write_log(trainer, folder)
+
+    metrics = run_trainer_stage(stage, configs, load_data=load_data, build_trainer=build, measure=measure,
+                                fill_artifact=fill_artifact, callbacks=callbacks,
+                                training_context=training_context)  # fmt: skip
+    if training_args.process_index == 0:
         print(f"Saved to {final_dir}")
     return metrics
 
@@ -201,26 +196,29 @@ def write_log(trainer, folder: Path) -> None:
             f.write(json.dumps({"step": entry.get("step"), **entry}) + "\n")
 
 
-def train_online(stage: str, trainer_class, config_types, args, callbacks=None) -> dict:
+def train_online(stage: str, trainer_class, configs: tuple, callbacks=None) -> dict:
     """GRPO or RLOO: TRL's trainer on our prompts, scored by our scorer, sampling with our settings only."""
+    script_args, training_args, model_args = configs
 
-    def load_data(script_args, training_args):
-        from datasets import Dataset
-
+    def load_data():
         check_on_policy(training_args, stage.upper())
         return Dataset.from_dict({"prompt": load_prompts(script_args.prompts_path, "prompt")})
 
-    def build(script_args, training_args, model_args, model, tokenizer, prompts, all_callbacks):
+    def build_trainer(model, tokenizer, prompts, stage_callbacks):
         reward = reward_function(script_args, model_args, tokenizer, training_args.device,
                                  training_args.trust_remote_code)  # fmt: skip
         trainer = trainer_class(model=model, reward_funcs=[reward], args=training_args, train_dataset=prompts,
                                 processing_class=tokenizer, peft_config=peft_config(model_args),
-                                callbacks=all_callbacks)  # fmt: skip
+                                callbacks=stage_callbacks)  # fmt: skip
         # TRL ends an answer at every EOS id the model declares (an end-of-turn token too): so does the scorer.
         reward.eos = set(getattr(trainer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+        return trainer
+
+    def sampling_with_our_config_only(trainer):
         # TRL's GenerationConfig leaves every field it does not set to the model's generation_config: ours,
         # every logits processor off, stands in for the model's own while it trains (restored before saving).
+        tokenizer = trainer.processing_class
         neutral = generation_config(training_args.max_completion_length, training_args.temperature, tokenizer)
-        return trainer, our_config_only(model, neutral)
+        return our_config_only(trainer.model, neutral)
 
-    return train_policy(stage, config_types, args, load_data, build, callbacks)
+    return train_policy(stage, configs, load_data, build_trainer, callbacks, sampling_with_our_config_only)

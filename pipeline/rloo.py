@@ -12,9 +12,9 @@ Output (`output_dir`): the LoRA adapter + tokenizer, a plain merged model in `me
 
 from __future__ import annotations
 
-from trl import RLOOConfig
+from trl import RLOOConfig, RLOOTrainer
 
-from pipeline.common.config import run_main
+from pipeline.common.config import parse_config, run_main
 from pipeline.common.training import LoraModelConfig
 from pipeline.online import OnlineScriptArguments, train_online
 
@@ -22,9 +22,7 @@ CONFIG_TYPES = (OnlineScriptArguments, RLOOConfig, LoraModelConfig)
 
 
 def main(args=None, callbacks=None) -> dict:
-    from trl import RLOOTrainer
-
-    return train_online("rloo", RLOOTrainer, CONFIG_TYPES, args, callbacks)
+    return train_online("rloo", RLOOTrainer, parse_config(CONFIG_TYPES, args), callbacks)
 
 
 if __name__ == "__main__":

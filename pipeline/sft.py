@@ -18,26 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import SFTConfig
+from datasets import DatasetDict, load_from_disk
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
 
 from pipeline.common.config import UserError, parse_config, required, run_main
 from pipeline.common.models import load_model, load_tokenizer
-from pipeline.common.outputs import (
-    checkpoints_dir,
-    resolve_resume,
-    run_identity,
-)
-from pipeline.common.tracking import TrackerCallback
 from pipeline.common.training import (
     LoraModelConfig,
     RunOutputArguments,
-    StopOnNonFinite,
-    begin_run,
     check_quantized_needs_peft,
     count_tokens,
-    finish_training,
     peft_config,
-    report_engine,
+    run_trainer_stage,
     save_policy,
     tokens_per_second,
 )
@@ -63,8 +56,6 @@ CONFIG_TYPES = (SFTScriptArguments, SFTConfig, LoraModelConfig)
 
 
 def load_sft_splits(script_args: SFTScriptArguments):
-    from datasets import DatasetDict, load_from_disk
-
     path = Path(script_args.dataset_path)
     if not path.exists():
         raise UserError(f"SFT data {path} does not exist. Build it first (make data) or set dataset_path.")
@@ -90,76 +81,72 @@ def load_sft_splits(script_args: SFTScriptArguments):
 
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
-    from transformers import AutoModelForCausalLM
-
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
-    identity = run_identity("sft", (script_args, training_args, model_args))
-    tracker = TrackerCallback("sft", training_args.output_dir, training_args, script_args, model_args)
-    if not model_args.model_name_or_path:
-        raise UserError("Set model_name_or_path (a local model dir or a hub id).")
-    train_data, eval_data = load_sft_splits(script_args)
     final_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
-    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
 
-    remote_code = training_args.trust_remote_code
-    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
-    if "messages" in train_data.column_names:
-        if tokenizer.chat_template is None and training_args.chat_template_path is None:
-            raise UserError(
-                f"{script_args.dataset_path} holds chat `messages` but the tokenizer of "
-                f"{model_args.model_name_or_path} has no chat template; set chat_template_path."
+    def load_data():
+        if not model_args.model_name_or_path:
+            raise UserError("Set model_name_or_path (a local model dir or a hub id).")
+        return load_sft_splits(script_args)
+
+    def build_trainer(data, resume, stage_callbacks):
+        train_data, eval_data = data
+        remote_code = training_args.trust_remote_code
+        tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
+        if "messages" in train_data.column_names:
+            if tokenizer.chat_template is None and training_args.chat_template_path is None:
+                raise UserError(
+                    f"{script_args.dataset_path} holds chat `messages` but the tokenizer of "
+                    f"{model_args.model_name_or_path} has no chat template; set chat_template_path."
+                )
+            # "Loss on the response only" for chat data = loss on the assistant turns (the template marks them).
+            if training_args.completion_only_loss is not False:
+                training_args.assistant_only_loss = True
+
+        # Loaded here, through the one loader, not by SFTTrainer from the path: TRL 1.16's create_model_from_path
+        # reads the config at the default branch to pick the model class, ignoring `revision`
+        # (tests/test_model_revision.py).
+        check_quantized_needs_peft(model_args)
+        count_tokens(training_args)
+        model = load_model(AutoModelForCausalLM, model_args.model_name_or_path, model_args, remote_code)
+        # The base model's held-out loss, measured by the Trainer once it has wrapped the model for data
+        # parallelism (a fresh LoRA adapter is a no-op, B = 0, so this is the base model under the same masking).
+        # Not a plain evaluate() before train(): that marks the model as prepared unwrapped, and under DDP the
+        # ranks then train without synchronising gradients.
+        training_args.eval_on_start = training_args.eval_on_start or measures_base_loss(eval_data, resume)
+        return SFTTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                          processing_class=tokenizer, peft_config=peft_config(model_args),
+                          callbacks=stage_callbacks)  # fmt: skip
+
+    def measure(trainer, train_result, resume):
+        metrics = dict(train_result.metrics)
+        if measures_base_loss(trainer.eval_dataset, resume):
+            metrics["base_eval_loss"] = next(
+                log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log
             )
-        # "Loss on the response only" for chat data = loss on the assistant turns (the template marks them).
-        if training_args.completion_only_loss is not False:
-            training_args.assistant_only_loss = True
+        metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
+        metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
+        if trainer.eval_dataset is not None:
+            metrics.update(trainer.evaluate())
+        return metrics
 
-    # Loaded here, through the one loader, not by SFTTrainer from the path: TRL 1.16's create_model_from_path reads
-    # the config at the default branch to pick the model class, ignoring `revision` (tests/test_model_revision.py).
-    check_quantized_needs_peft(model_args)
-    count_tokens(training_args)
-    model = load_model(AutoModelForCausalLM, model_args.model_name_or_path, model_args, remote_code)
-    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
-    # The base model's held-out loss, measured by the Trainer once it has wrapped the model for data parallelism
-    # (a fresh LoRA adapter is a no-op, B = 0, so this is the base model under the same masking). Not a plain
-    # evaluate() before train(): that marks the model as prepared unwrapped, and under DDP the ranks then train
-    # without synchronising gradients.
-    measure_base_loss = eval_data is not None and resume is None
-    training_args.eval_on_start = training_args.eval_on_start or measure_base_loss
+    def fill_artifact(trainer, folder, metrics):
+        save_policy(trainer, folder, trainer.processing_class, script_args.merge_adapter, model_args)
 
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=tokenizer,
-        peft_config=peft_config(model_args),
-        callbacks=[*(callbacks or []), tracker, StopOnNonFinite(final_dir)],
-    )
-    report_engine(trainer.accelerator)
-
-    train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
-    metrics = dict(train_result.metrics)
-    if measure_base_loss:
-        metrics["base_eval_loss"] = next(
-            log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log
-        )
-    metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
-    metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
-    if eval_data is not None:
-        metrics.update(trainer.evaluate())
-
-    save_policy(trainer, tokenizer, final_dir, identity, script_args.merge_adapter, model_args, metrics)
-    tracker.finish()
-    finish_training(trainer, final_dir, script_args.keep_checkpoints)
-    if trainer.is_world_process_zero():
+    metrics = run_trainer_stage("sft", (script_args, training_args, model_args), load_data=load_data,
+                                build_trainer=build_trainer, measure=measure, fill_artifact=fill_artifact,
+                                callbacks=callbacks)  # fmt: skip
+    if training_args.process_index == 0:
         if "base_eval_loss" in metrics:
             base, tuned = metrics["base_eval_loss"], metrics["eval_loss"]
             print(f"Held-out completion loss: base {base:.3f} -> SFT {tuned:.3f}")
         print(f"Saved to {final_dir}")
     return metrics
+
+
+def measures_base_loss(eval_data, resume) -> bool:
+    """A fresh run with held-out data measures the base model's loss first (a resumed run measured it before)."""
+    return eval_data is not None and resume is None
 
 
 if __name__ == "__main__":

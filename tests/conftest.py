@@ -43,6 +43,26 @@ def pytest_report_header(config) -> list[str]:
     ]
 
 
+def load_recipe_file(path, dataclass_types, extra_args=()) -> tuple:
+    """Validate one YAML recipe file against its dataclasses and build them, as a stage's `--config` does."""
+    from pipeline.common.config import parse_config
+
+    return parse_config(dataclass_types, ["--config", str(path), *extra_args])
+
+
+def pair_accuracy(reward_model_path: str, pairs, batch_size: int = 32, device="cpu") -> float:
+    """Held-out accuracy of a saved reward model on `pairs` (a Dataset or a list of prompt/chosen/rejected rows),
+    in one process: what the reward stage reports, recomputed."""
+    from pipeline.lm.scoring import RewardScorer, accuracy, preference_margins
+
+    rows = (
+        pairs if isinstance(pairs, list) else pairs.select_columns(["prompt", "chosen", "rejected"]).to_list()
+    )
+    return accuracy(
+        preference_margins(RewardScorer(reward_model_path, device=device, batch_size=batch_size), rows)
+    )
+
+
 def record_learning(name: str, value: float, threshold: float, higher_is_better: bool = True) -> None:
     """Print a learning test's measured value beside its threshold; append it to RLHF_LEARNING_LOG when set.
 

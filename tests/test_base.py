@@ -48,6 +48,37 @@ def test_base_writes_only_safetensors_and_no_pickles(tiny_base):
     assert "model.safetensors" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names), names
     assert not (tiny_base.parent / (tiny_base.name + ".tmp")).exists()
+    assert "run.json" in names and not (tiny_base.parent / (tiny_base.name + ".checkpoints")).exists()
+
+
+def test_base_records_its_run_and_refuses_another_config_in_its_folder(tiny_data, tmp_path):
+    """Like every Trainer stage: run.json in the output; a rerun of another config into the folder is refused by
+    name (nothing touched) unless overwrite_output_dir; a rerun of the same config just works."""
+    from pipeline.base import main
+    from pipeline.common.config import UserError
+
+    out = tmp_path / "base"
+    args = ["--config", str(RECIPE / "base.yaml"), "--corpus_path", str(tiny_data / "pretrain"),
+            "--output_dir", str(out), "--max_steps", "2", "--vocab_size", "300", "--hidden_size", "32",
+            "--intermediate_size", "64", "--num_hidden_layers", "1", "--disable_tqdm", "true"]  # fmt: skip
+    main(args)
+    record = json.loads((out / "run.json").read_text())
+    assert record["stage"] == "base" and record["config"]["hidden_size"] == 32
+    assert (
+        record["inputs"]["corpus_path"] is not None
+    )  # the corpus is fingerprinted: a rebuilt one is a new input
+    weights = (out / "model.safetensors").read_bytes()
+
+    with pytest.raises(
+        UserError, match=r"another run's outputs \(its config differs in learning_rate.*--overwrite"
+    ):
+        main([*args, "--learning_rate", "1e-4"])
+    assert (out / "model.safetensors").read_bytes() == weights
+
+    main(args)  # the same config again
+    assert (out / "model.safetensors").read_bytes() == weights  # and the same weights: it is the same run
+    main([*args, "--learning_rate", "1e-4", "--overwrite_output_dir", "true"])
+    assert json.loads((out / "run.json").read_text())["config"]["learning_rate"] == 1e-4
 
 
 def test_tokenizer_round_trips_any_text_and_renders_the_hh_format():

@@ -11,6 +11,7 @@ from data_prep import task
 from data_prep.__main__ import main
 from data_prep.config import CONFIG_TYPES, DataConfig
 from pipeline.common.config import ConfigError, UserError
+from tests.conftest import load_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny" / "data.yaml"
@@ -149,8 +150,6 @@ def test_unknown_command():
 
 def test_recipes_validate_against_config_types():
     for path in sorted(REPO.glob("recipes/*/data.yaml")):
-        from pipeline.common.config import load_recipe_file
-
         (config,) = load_recipe_file(path, CONFIG_TYPES)
         assert isinstance(config, DataConfig)
         assert config.output_dir == f"runs/{path.parent.name}/data", path

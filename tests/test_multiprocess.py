@@ -109,7 +109,7 @@ def test_reward_two_processes_reports_the_global_accuracy(tiny_base, tiny_data, 
 
     from datasets import load_from_disk
 
-    from pipeline.lm.scoring import pair_accuracy
+    from tests.conftest import pair_accuracy
 
     pairs = load_from_disk(str(tiny_data / "preference"))
     assert_data_parallel(read_ranks(probe), len(pairs["train"]), 16)

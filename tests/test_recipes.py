@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common.config import ConfigError, load_recipe_file
+from pipeline.common.config import ConfigError
+from tests.conftest import load_recipe_file
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 STAGE_MODULES = {

@@ -46,7 +46,7 @@ def test_reward_model_is_plain_and_loads_in_a_fresh_process(tiny_reward):
     script = f"""
 import json
 from datasets import load_from_disk
-from pipeline.lm.scoring import pair_accuracy
+from tests.conftest import pair_accuracy
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained({str(tiny_reward)!r})
 assert type(model).__name__.endswith("ForSequenceClassification"), type(model)
@@ -71,7 +71,7 @@ def test_reward_model_on_real_hh_pairs(tiny_reward, tmp_path):
     from datasets import Dataset
 
     from data_prep.sources import read_and_convert
-    from pipeline.lm.scoring import pair_accuracy
+    from tests.conftest import pair_accuracy
 
     rows, _ = read_and_convert(str(HH_TEST), "hh_rlhf", max_rows=300)
     pairs = Dataset.from_list(rows)

@@ -125,8 +125,8 @@ def test_wrong_columns_are_a_clear_error(tmp_path, tiny_base_path_free_args):
 
 
 def test_one_resume_rule_for_every_stage(tmp_path):
-    """`true`/`latest` -> the newest checkpoint-N of <output_dir>.checkpoints; false/unset -> afresh; a path; the
-    old PPO layout (<output_dir>/checkpoints/step-N) and any other word are errors that say what to do."""
+    """`true`/`latest` -> the newest checkpoint-N of <output_dir>.checkpoints; false/unset -> afresh; a path; a
+    folder with no checkpoint-N and any other word are errors that say what to do."""
     from pipeline.common.outputs import resolve_resume
 
     out = tmp_path / "sft"
@@ -146,9 +146,11 @@ def test_one_resume_rule_for_every_stage(tmp_path):
     with pytest.raises(UserError, match="Use true .*false .*or the path"):
         resolve_resume("yes", out)
 
+    # Checkpoints live only in <output_dir>.checkpoints/checkpoint-N (since before 0.1.0): an unreleased
+    # development layout, <output_dir>/checkpoints/step-N, is no checkpoint of the run.
     ppo = tmp_path / "ppo"
     (ppo / "checkpoints" / "step-20").mkdir(parents=True)
-    with pytest.raises(UserError, match=r"old layout.*checkpoint-N"):
+    with pytest.raises(UserError, match=r"ppo.checkpoints holds no checkpoint-N folder"):
         resolve_resume("true", ppo)
 
 

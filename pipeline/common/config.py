@@ -8,6 +8,7 @@ so a typo in a recipe never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import errno
 import os
 import sys
@@ -17,6 +18,7 @@ from dataclasses import field
 from pathlib import Path
 
 import yaml
+from trl import TrlParser
 
 
 class UserError(ValueError):
@@ -90,8 +92,6 @@ def check_flags(args: Sequence[str], dataclass_types: Sequence[type]) -> None:
 
 
 def _similar(a: str, b: str) -> bool:
-    import difflib
-
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
 
 
@@ -105,8 +105,6 @@ def parse_config(
     dataclass_types: Sequence[type], args: Sequence[str] | None = None, prog: str | None = None
 ) -> tuple:
     """Parse `--config FILE` and `--field value` overrides into instances of `dataclass_types`."""
-    from trl import TrlParser
-
     args = list(sys.argv[1:] if args is None else args)
     check_flags(args, dataclass_types)
     source, config = "the command line", {}
@@ -200,13 +198,6 @@ def check_required(configs: Sequence, source: str) -> None:
         keys = ", ".join(missing)
         raise ConfigError(f"{source}: set {keys} (required, no default); add `{missing[0]}: ...` to the recipe "
                           f"file or pass --{missing[0]} on the command line.")  # fmt: skip
-
-
-def load_recipe_file(
-    path: str | Path, dataclass_types: Sequence[type], extra_args: Sequence[str] = ()
-) -> tuple:
-    """Validate one YAML file against its dataclasses and build them (used by the recipe test)."""
-    return parse_config(dataclass_types, ["--config", str(path), *extra_args])
 
 
 DISK_FULL = ("No space left on device", "StorageFull", "os error 28", "inline_container", "file write failed")

@@ -10,7 +10,16 @@ weights are read from safetensors.
 from __future__ import annotations
 
 import json
+import os
+import pkgutil
+import struct
 from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import get_quantization_config
 
 from pipeline.common.config import UserError
 
@@ -35,8 +44,6 @@ def check_model_dir(path: str | Path) -> None:
     Stage outputs are published atomically, so this catches folders from elsewhere or damaged later, which
     from_pretrained would report as something else (a 0-byte adapter_config.json reads as "install sentencepiece").
     A hub id or a missing path is left to from_pretrained."""
-    import struct
-
     path = Path(path)
     if not path.is_dir():
         return
@@ -87,8 +94,6 @@ def same_model_path(a: str, b: str) -> bool:
 
 
 def loading_error(name: str, err: Exception) -> UserError:
-    import os
-
     hint = "Check the path or hub id"
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name).exists():
         hint = (
@@ -99,8 +104,6 @@ def loading_error(name: str, err: Exception) -> UserError:
 
 
 def torch_dtype(name: str | None):
-    import torch
-
     if name in (None, "auto"):
         return name
     try:
@@ -113,9 +116,6 @@ def torch_dtype(name: str | None):
 
 def kbit_device_map() -> dict | str:
     """Quantized weights are placed at load time: on this process's GPU (one per rank), else on the CPU."""
-    import torch
-    from accelerate import PartialState
-
     return {"": PartialState().local_process_index} if torch.cuda.is_available() else "cpu"
 
 
@@ -126,8 +126,6 @@ def pretrained_kwargs(model_args=None, trust_remote_code: bool = False, quantize
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     if model_args is None:
         return kwargs
-    from trl import get_quantization_config
-
     kwargs["revision"] = model_args.model_revision
     kwargs["dtype"] = torch_dtype(model_args.dtype)
     if model_args.attn_implementation is not None:
@@ -145,8 +143,6 @@ def is_quantized(model_args) -> bool:
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer of a model or adapter dir, with a pad token that is never silently missing."""
-    from transformers import AutoTokenizer
-
     check_model_dir(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -187,8 +183,6 @@ def merge_adapter(model_class, adapter_dir: str | Path, model_args=None, trust_r
     The base is reloaded unquantized even after QLoRA: merging into 4-bit weights would round the update away.
     `base` overrides the base the adapter names (the reward stage trains on a locally prepared copy).
     """
-    from peft import PeftModel
-
     if base is None:
         base_model = load_base_of(
             adapter_dir, model_class, model_args, trust_remote_code, quantize=False, **kwargs
@@ -200,12 +194,8 @@ def merge_adapter(model_class, adapter_dir: str | Path, model_args=None, trust_r
 
 def load_causal_lm(name_or_path: str, model_args=None, merge: bool = False, trust_remote_code: bool = False):
     """A causal LM from a plain dir, an adapter dir (base at its recorded revision + adapter) or a hub id."""
-    from transformers import AutoModelForCausalLM
-
     if not is_adapter_dir(name_or_path):
         return load_model(AutoModelForCausalLM, name_or_path, model_args, trust_remote_code)
-    from peft import PeftModel
-
     base = load_base_of(name_or_path, AutoModelForCausalLM, model_args, trust_remote_code)
     model = PeftModel.from_pretrained(base, name_or_path)
     return model.merge_and_unload() if merge else model
@@ -213,8 +203,6 @@ def load_causal_lm(name_or_path: str, model_args=None, merge: bool = False, trus
 
 def load_reward_model(name_or_path: str, model_args=None, trust_remote_code: bool = False):
     """A scalar-head reward model (AutoModelForSequenceClassification, num_labels=1)."""
-    from transformers import AutoModelForSequenceClassification
-
     model = load_model(AutoModelForSequenceClassification, name_or_path, model_args, trust_remote_code,
                        num_labels=1)  # fmt: skip
     if model.config.pad_token_id is None:
@@ -265,8 +253,6 @@ def use_distinct_pad(model, tokenizer) -> None:
 
 def load_callable(spec: str, what: str):
     """`package.module:function` -> the function (reward functions, labelers)."""
-    import pkgutil
-
     if ":" not in spec:
         raise UserError(f"{what} must look like 'package.module:function', got {spec!r}.")
     try:

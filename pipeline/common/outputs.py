@@ -11,10 +11,14 @@ renamed, so `output_dir` either holds a complete model or does not exist.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.common.config import UserError
@@ -58,13 +62,6 @@ def resolve_resume(
         found = list_checkpoints(output_dir, complete)
         if found:
             return found[-1]
-        old = Path(output_dir) / "checkpoints"
-        if old.is_dir() and any(old.glob("step-*")):
-            raise UserError(
-                f"resume_from_checkpoint {value}: {old} holds checkpoints in the old layout (checkpoints/step-N "
-                f"inside the output folder). Checkpoints now live in {checkpoints_dir(output_dir)}/checkpoint-N: "
-                f"move them there (step-N -> checkpoint-N) to resume, or drop the flag to start afresh."
-            )
         raise UserError(
             f"resume_from_checkpoint {value}, but {checkpoints_dir(output_dir)} holds no checkpoint-N folder. "
             "Checkpoints are written every `save_steps` steps; drop the flag to start afresh."
@@ -89,12 +86,20 @@ def remove_checkpoints(output_dir: str | Path) -> None:
 
 
 # --- the one atomic writer -----------------------------------------------------------------------------------
+#
+# Whatever a stage publishes (a model folder, a data set, a checkpoint, a record file) is written under a temporary
+# name beside its final one, `<name>.tmp`, and renamed into place once complete: a reader finds the old version or
+# the new one, never half of one.
+
+
+def staging_path(final: str | Path) -> Path:
+    final = Path(final)
+    return final.with_name(final.name + ".tmp")
 
 
 def staging_dir(final: str | Path, is_main_process: bool = True) -> Path:
     """The temp dir a folder is written to before its rename: same name on every rank, emptied by the main one."""
-    final = Path(final)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = staging_path(final)
     if is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -102,9 +107,12 @@ def staging_dir(final: str | Path, is_main_process: bool = True) -> Path:
 
 
 def publish(tmp: str | Path, final: str | Path) -> Path:
-    """Rename a fully written temp dir to its final name. An older folder there is renamed aside first and
-    deleted only once the new one is in place, so a failure in between never loses both."""
+    """Rename a fully written temp file or dir to its final name. A file is replaced in one step; an older folder
+    is renamed aside first and deleted only once the new one is in place, so a failure in between never loses both."""
     final = Path(final)
+    if Path(tmp).is_file():
+        os.replace(tmp, final)
+        return final
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -114,19 +122,40 @@ def publish(tmp: str | Path, final: str | Path) -> Path:
     return final
 
 
+@contextmanager
+def staged_dir(final: str | Path, is_main_process: bool = True) -> Iterator[Path]:
+    """`with staged_dir(final) as tmp:` write the folder's content into `tmp`; at the end of the block the main
+    process renames it to `final`, or removes it when the block failed. Enter it on every rank of a distributed
+    save (the ranks share `tmp`); the caller waits for the main process's rename before reading `final`."""
+    tmp = staging_dir(final, is_main_process)
+    try:
+        yield tmp
+    except BaseException:
+        if is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if is_main_process:
+        publish(tmp, final)
+
+
 def write_atomically(final: str | Path, fill: Callable[[Path], None], overwrite: bool = True) -> Path:
     """Call `fill(tmp)` to write a folder's content, then rename it into place; a failure leaves no trace."""
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserError(f"{final} already exists; delete it or pass --overwrite true.")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(final)
-    try:
+    with staged_dir(final) as tmp:
         fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish(tmp, final)
+    return final
+
+
+def write_file_atomically(path: str | Path, text: str) -> None:
+    """One text file, written beside its final name and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_path(path)
+    tmp.write_text(text)
+    publish(tmp, path)
 
 
 # --- run identity --------------------------------------------------------------------------------------------
@@ -174,9 +203,6 @@ def is_operational(key: str) -> bool:
 def fingerprint(path: str | Path) -> str | None:
     """A cheap fingerprint of a local file or folder: names, sizes and the first and last MiB of every file
     (a 16 GB model is not read in full). None for a hub id."""
-    import fnmatch
-    import hashlib
-
     path = Path(path)
     if not path.exists():
         return None
@@ -211,8 +237,6 @@ def run_identity(stage: str, configs) -> dict:
 
 
 def read_run(folder: str | Path) -> dict | None:
-    import json
-
     path = Path(folder) / RUN_FILE
     try:
         return json.loads(path.read_text()) if path.is_file() else None
@@ -221,16 +245,7 @@ def read_run(folder: str | Path) -> dict | None:
 
 
 def write_run(folder: str | Path, identity: dict) -> None:
-    import json
-
     write_file_atomically(Path(folder) / RUN_FILE, json.dumps(identity, indent=2) + "\n")
-
-
-def write_file_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def config_differences(recorded: dict, current: dict, allowed: set[str] = frozenset()) -> list[str]:

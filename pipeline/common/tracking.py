@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.integrations.integration_utils import rewrite_logs
 
 from pipeline.common.config import ConfigError, UserError
+from pipeline.common.outputs import write_file_atomically
 from pipeline.common.redact import argv_without_secrets, public_items
 from pipeline.common.tables import markdown_table
 
@@ -70,10 +72,7 @@ def read_identity(path: Path) -> dict | None:
 
 
 def write_identity(path: Path, identity: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(identity, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_file_atomically(path, json.dumps(identity, indent=2) + "\n")
 
 
 def start(
@@ -180,7 +179,7 @@ class TensorBoard:
     KEY = "tensorboard_dir"
 
     def __init__(self, identity, folder, args, config, resumed, purge_from):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional trackers (needs the tensorboard package)
 
         root = os.environ.get("TENSORBOARD_LOGGING_DIR") or str(folder / "tensorboard")
         identity.setdefault(self.KEY, str(Path(root).expanduser() / identity["name"]))
@@ -198,7 +197,7 @@ class TensorBoard:
         self.writer.flush()
 
     def results(self, scalars, images, tables, step):
-        from matplotlib.image import imread
+        from matplotlib.image import imread  # only for a run's final figures: slow to import, rarely needed
 
         for key, path in images.items():
             self.writer.add_image(key, imread(path)[..., :3], step, dataformats="HWC")
@@ -214,7 +213,7 @@ class Trackio:
     KEY = "trackio_project"
 
     def __init__(self, identity, folder, args, config, resumed, purge_from):
-        import trackio
+        import trackio  # optional trackers, like wandb below: imported only when asked for
 
         self.trackio = trackio
         identity.setdefault(self.KEY, identity["project"])
@@ -330,8 +329,6 @@ class TrackerCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.tracking.backends and logs:
-            from transformers.integrations.integration_utils import rewrite_logs
-
             self.tracking.log(rewrite_logs(logs), state.global_step)
 
     def finish(self) -> None:

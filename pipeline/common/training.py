@@ -1,32 +1,45 @@
-"""Plumbing shared by the Trainer-based stages (SFT, reward, and GRPO / RLOO / DPO): LoRA defaults, the adapter's
-record of its base revision, the final save and the end of a distributed run.
+"""The one run path of the Trainer stages (base, SFT, reward, and GRPO / RLOO / DPO), and what they share: LoRA
+defaults, the adapter's record of its base revision, the final save and the end of a distributed run.
 
-These stages train with a TRL trainer whose `output_dir` is the run's checkpoint folder next to the final artifact
-(`pipeline.common.outputs`: `runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and
-renamed into place at the very end.
+Every such stage parses its configs, then hands `run_trainer_stage` what it does differently (reading its data,
+building its trainer, its metrics, the files of its artifact); the rest is the same code in the same order for all
+of them: the run record (`run.json`), the tracker, the resume rule, training, the atomic save and the clean end.
+The trainer's `output_dir` is the run's checkpoint folder next to the final artifact (`pipeline.common.outputs`:
+`runs/tiny/sft.checkpoints/` for `runs/tiny/sft/`); the artifact is written to a temp dir and renamed into place at
+the very end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback
-from trl import ModelConfig
+import torch
+from accelerate.utils import DistributedType
+from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+from trl import ModelConfig, get_peft_config
 
 from pipeline.common.config import NonFiniteError, UserError
 from pipeline.common.models import is_quantized, merge_adapter
 from pipeline.common.outputs import (
     check_run,
+    checkpoints_dir,
     list_checkpoints,
-    publish,
     remove_checkpoints,
-    staging_dir,
+    resolve_resume,
+    run_identity,
+    staged_dir,
     start_run,
     write_run,
 )
+from pipeline.common.tracking import TrackerCallback
 
 
 @dataclass
@@ -69,8 +82,6 @@ def count_tokens(training_args) -> None:
 def peft_config(model_args):
     """TRL's LoRA config from the ModelConfig, recording the base's revision in adapter_config.json, so every
     later stage loads the base the adapter was trained on."""
-    from trl import get_peft_config
-
     config = get_peft_config(model_args)
     if config is not None and model_args.model_revision not in (None, "main"):
         config.revision = model_args.model_revision
@@ -81,6 +92,74 @@ def tokens_per_second(trainer, train_metrics: dict) -> float:
     """Non-padding training tokens per second of this session (the Trainer counts them)."""
     seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     return seen / max(train_metrics["train_runtime"], 1e-9)
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+def run_trainer_stage(stage: str, configs: tuple, *, load_data: Callable, build_trainer: Callable,
+                      measure: Callable, fill_artifact: Callable, callbacks=None,
+                      training_context: Callable | None = None) -> dict:  # fmt: skip
+    """Run a Trainer stage from its parsed `configs` (script_args, training_args, *more); returns its metrics.
+
+    1. The run's identity (its `run.json`) and its tracker (a missing tracker package fails here, first).
+    2. `load_data()`: the stage reads and checks its data, before anything is written.
+    3. The resume rule and the run record (`begin_run`): a run refuses a folder or a checkpoint of another run.
+    4. `build_trainer(data, resume, callbacks)` -> the stage's trainer, given `callbacks`: the caller's, the
+       tracker, the NaN/Inf stop. From here on `training_args.output_dir` is the checkpoint folder.
+    5. Training, resumed from `resume` when asked, inside `training_context(trainer)` when given.
+    6. `measure(trainer, train_result, resume)` -> the metrics, saved as `eval_results.json`.
+    7. The artifact (`save_artifact`): `fill_artifact(trainer, folder, metrics)` writes the stage's files.
+    8. The tracker closes, the checkpoints go (unless keep_checkpoints), the process group ends.
+    """
+    script_args, training_args, *more_configs = configs
+    identity = run_identity(stage, configs)
+    tracker = TrackerCallback(stage, training_args.output_dir, training_args, script_args, *more_configs)
+    data = load_data()
+    final_dir = Path(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
+    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
+
+    trainer = build_trainer(data, resume, [*(callbacks or []), tracker, StopOnNonFinite(final_dir)])
+    report_engine(trainer.accelerator)
+    with training_context(trainer) if training_context else contextlib.nullcontext():
+        train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    metrics = measure(trainer, train_result, resume)
+
+    save_artifact(trainer, final_dir, identity, metrics, fill_artifact)
+    tracker.finish()
+    finish_training(trainer, final_dir, script_args.keep_checkpoints)
+    return metrics
+
+
+def begin_run(identity: dict, final_dir: Path, resume, overwrite: bool, training_args) -> None:
+    """The run-identity check on every rank, then the main process empties the work folder and records the run
+    while the other ranks wait (before anything, the start model of the reward stage included, is written there)."""
+
+    check_run(identity, final_dir, resume, overwrite)
+    with training_args.main_process_first(local=False, desc="recording the run"):
+        if training_args.process_index == 0:
+            start_run(identity, final_dir, resume)
+
+
+def save_artifact(trainer, final_dir: Path, identity: dict, metrics: dict, fill_artifact: Callable) -> None:
+    """The end of every Trainer stage. Call it on EVERY rank.
+
+    Stops on non-finite weights; then, in a staging folder, `fill_artifact(trainer, folder, metrics)` writes the
+    stage's files on every rank (it may add to `metrics`), the main process adds the run record and
+    `eval_results.json`, and the folder becomes `final_dir` in one rename. Then a push, when asked.
+    """
+    check_finite_weights(trainer)
+    is_main = trainer.is_world_process_zero()
+    with staged_dir(final_dir, is_main) as folder:
+        fill_artifact(trainer, folder, metrics)
+        if is_main:
+            write_run(folder, identity)
+            (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
 
 
 def save_trained_weights(trainer, directory: Path) -> None:
@@ -95,43 +174,22 @@ def save_trained_weights(trainer, directory: Path) -> None:
     local_loading_from_now_on()
 
 
-def save_policy(trainer, tokenizer, final_dir: Path, identity: dict, merge: bool, model_args, metrics: dict,
-                write_extra=None) -> None:  # fmt: skip
-    """The end of a causal-LM stage (SFT, GRPO, RLOO, DPO). Call it on EVERY rank.
-
-    Stops on non-finite weights, then the main process fills a staging folder: the adapter (or full model), the
-    run record, `write_extra(folder)`'s files, the tokenizer, with `merge` a plain merged model in `merged/`, and
-    `eval_results.json` (`metrics`); the folder becomes `final_dir` in one rename. Then a push, when asked.
-    """
-    import json
-
-    from transformers import AutoModelForCausalLM
-
-    check_finite_weights(trainer)
-    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
-    save_trained_weights(trainer, tmp)
+def save_policy(trainer, folder: Path, tokenizer, merge: bool, model_args) -> None:
+    """A causal-LM stage's artifact (SFT, GRPO, RLOO, DPO), on EVERY rank: the adapter (or full model) and the
+    tokenizer, and with `merge` a plain merged model in `merged/`."""
+    save_trained_weights(trainer, folder)
     if trainer.is_world_process_zero():
-        write_run(tmp, identity)
-        if write_extra is not None:
-            write_extra(tmp)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(folder)
         if merge and model_args.use_peft:
-            merged = merge_adapter(AutoModelForCausalLM, tmp, model_args, trainer.args.trust_remote_code)
-            merged.save_pretrained(tmp / "merged")
-            tokenizer.save_pretrained(tmp / "merged")
-        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        publish(tmp, final_dir)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter or model) + model card
+            merged = merge_adapter(AutoModelForCausalLM, folder, model_args, trainer.args.trust_remote_code)
+            merged.save_pretrained(folder / "merged")
+            tokenizer.save_pretrained(folder / "merged")
 
 
 def local_loading_from_now_on() -> None:
     """After the final save: later from_pretrained calls (merging, scoring) run on the main process alone, so they
     must load plain weights, not partition them across ranks as every load does under ZeRO-3 (a collective that
     would wait forever for the other ranks)."""
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
     unset_hf_deepspeed_config()
 
 
@@ -153,20 +211,8 @@ class StopOnNonFinite(TrainerCallback):
                                      found[-1] if found else None)  # fmt: skip
 
 
-def begin_run(identity: dict, final_dir: Path, resume, overwrite: bool, training_args) -> None:
-    """The run-identity check on every rank, then the main process empties the work folder and records the run
-    while the other ranks wait (before anything, the start model of the reward stage included, is written there)."""
-
-    check_run(identity, final_dir, resume, overwrite)
-    with training_args.main_process_first(local=False, desc="recording the run"):
-        if training_args.process_index == 0:
-            start_run(identity, final_dir, resume)
-
-
 def check_finite_weights(trainer) -> None:
     """Collective: stop before saving when a trainable weight is NaN/Inf on any rank."""
-    import torch
-
     bad = any(not torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad)
     flag = torch.tensor([float(bad)], device=trainer.accelerator.device)
     if trainer.accelerator.reduce(flag, "sum").item() > 0:
@@ -192,8 +238,6 @@ def end_distributed(accelerator) -> None:
     (pytorch/pytorch#56297; seen here once in a 2-process test). Freed first, the group dies in
     destroy_process_group(), which releases the GIL.
     """
-    import gc
-
     accelerator.free_memory()
     gc.collect()
     accelerator.end_training()
@@ -201,8 +245,6 @@ def end_distributed(accelerator) -> None:
 
 def is_sharded(accelerator) -> bool:
     """Weights, gradients or optimizer state are split across ranks (DeepSpeed ZeRO, FSDP): saves are collective."""
-    from accelerate.utils import DistributedType
-
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
@@ -213,8 +255,6 @@ def report_engine(accelerator) -> None:
     Accelerate runs FSDP on accelerators only: on CPU it falls back to DDP without a word, and a user would
     believe the model is sharded. (DeepSpeed does run on CPU processes, through its CPU accelerator and gloo.)
     """
-    from accelerate.utils import DistributedType
-
     if not accelerator.is_main_process:
         return
     running = accelerator.distributed_type

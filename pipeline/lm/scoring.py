@@ -102,14 +102,3 @@ def sharded_margins(scorer: RewardScorer, pairs: list[dict], state) -> tuple[lis
 def accuracy(margins: list[float]) -> float:
     """Share of pairs whose chosen response gets the strictly higher reward."""
     return sum(m > 0 for m in margins) / max(len(margins), 1)
-
-
-def pair_accuracy(reward_model_path: str, pairs, batch_size: int = 32, device="cpu") -> float:
-    """Held-out accuracy of a saved reward model on `pairs` (a Dataset or a list of prompt/chosen/rejected rows),
-    in one process: what the reward stage reports, for a user or a test to recompute."""
-    rows = (
-        pairs if isinstance(pairs, list) else pairs.select_columns(["prompt", "chosen", "rejected"]).to_list()
-    )
-    return accuracy(
-        preference_margins(RewardScorer(reward_model_path, device=device, batch_size=batch_size), rows)
-    )

@@ -27,12 +27,15 @@ tokenizer's `model_max_length` is the training `max_length`: longer texts are sc
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import RewardConfig
+from datasets import Dataset, DatasetDict, load_from_disk
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from trl import RewardConfig, RewardTrainer
+from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from pipeline.common.config import UserError, parse_config, required
 from pipeline.common.models import (
@@ -42,26 +45,14 @@ from pipeline.common.models import (
     load_tokenizer,
     merge_adapter,
 )
-from pipeline.common.outputs import (
-    checkpoints_dir,
-    publish,
-    resolve_resume,
-    run_identity,
-    staging_dir,
-    write_run,
-)
-from pipeline.common.tracking import TrackerCallback
+from pipeline.common.outputs import checkpoints_dir
 from pipeline.common.training import (
     LoraModelConfig,
     RunOutputArguments,
-    StopOnNonFinite,
-    begin_run,
-    check_finite_weights,
     check_quantized_needs_peft,
     count_tokens,
-    finish_training,
     peft_config,
-    report_engine,
+    run_trainer_stage,
     save_trained_weights,
     tokens_per_second,
 )
@@ -107,8 +98,6 @@ CONFIG_TYPES = (RewardScriptArguments, RewardConfig, RewardModelConfig)
 
 
 def load_pair_splits(script_args: RewardScriptArguments):
-    from datasets import DatasetDict, load_from_disk
-
     path = Path(script_args.dataset_path)
     if not path.exists():
         raise UserError(
@@ -141,8 +130,6 @@ def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratc
         return name_or_path
     if (Path(name_or_path) / "merged" / "config.json").is_file():
         return str(Path(name_or_path) / "merged")
-    from transformers import AutoModelForCausalLM
-
     merged = merge_adapter(AutoModelForCausalLM, name_or_path, model_args, remote_code)
     merged.save_pretrained(scratch)
     return str(scratch)
@@ -151,8 +138,6 @@ def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratc
 def with_pad_embedding(start: str, tokenizer, model_args, remote_code: bool, scratch: Path) -> str:
     """The start model with an embedding row for the pad token just added to its tokenizer, written to `scratch`
     (LoRA and the final merge then share one base). The row's value never matters: padding is masked."""
-    from transformers import AutoModelForCausalLM
-
     model = load_model(AutoModelForCausalLM, start, model_args, remote_code, quantize=False)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -163,90 +148,85 @@ def with_pad_embedding(start: str, tokenizer, model_args, remote_code: bool, scr
 
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
-    from transformers import AutoModelForSequenceClassification, set_seed
-    from trl import RewardTrainer
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
-    identity = run_identity("reward", (script_args, training_args, model_args))
-    tracker = TrackerCallback("reward", training_args.output_dir, training_args, script_args, model_args)
-    if not model_args.model_name_or_path:
-        raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
-    if script_args.packing and script_args.grouped:
-        raise UserError(
-            "packing and grouped are two ways to batch the reward model's texts: set one of them."
-        )
-    train_data, eval_data = load_pair_splits(script_args)
-
-    remote_code = training_args.trust_remote_code
     final_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
-    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
-    checkpoints = checkpoints_dir(final_dir)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
-    eos_padded = tokenizer.pad_token_id == tokenizer.eos_token_id
-    added_pad = distinct_pad_token(tokenizer)  # the score must be read at the EOS that ends a finished answer
-    start = resolve_start_model(
-        model_args.model_name_or_path, model_args, remote_code, checkpoints / "start-model"
-    )
-    if added_pad:
-        start = with_pad_embedding(
-            start, tokenizer, model_args, remote_code, checkpoints / "start-model-padded"
-        )
+    remote_code = training_args.trust_remote_code
+    scratch = checkpoints_dir(final_dir)  # the start model's prepared copies, deleted once the model is saved
+    # Set by build_trainer for what follows: the tokenizer (its pad token made distinct from the EOS), whether it
+    # padded with its EOS before, the plain model training starts from, and the held-out pairs as read.
+    tokenizer = eos_padded = start = eval_pairs = None
 
-    # Loaded here, through the one loader, not by RewardTrainer from the path: TRL 1.16 would read the config at the
-    # default branch, ignoring `revision` (as for SFT), and draw the LoRA weights right after the score head without
-    # reseeding, which gives another reward model for the same seed than the one every learning threshold was sized
-    # on (on seed 0 PPO then exploited it: labeler 0.805 -> -0.078 instead of 1.555). TRL still seeds before LoRA
-    # and sets config.pad_token_id.
-    check_quantized_needs_peft(model_args)
-    count_tokens(training_args)
-    set_seed(training_args.seed)  # the score head is drawn while loading
-    with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
-        model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
-                           pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    training_args.output_dir = str(checkpoints)  # the trainer writes checkpoint-N/ here, never into final_dir
-    callbacks = [*(callbacks or []), tracker, StopOnNonFinite(final_dir)]
-    if script_args.grouped:
-        trainer = grouped_trainer(model, training_args, model_args, train_data, tokenizer, callbacks)
-    else:
+    def load_data():
+        if not model_args.model_name_or_path:
+            raise UserError("Set model_name_or_path (the base or SFT model: a local dir or a hub id).")
+        if script_args.packing and script_args.grouped:
+            raise UserError(
+                "packing and grouped are two ways to batch the reward model's texts: set one of them."
+            )
+        return load_pair_splits(script_args)
+
+    def build_trainer(data, resume, stage_callbacks):
+        nonlocal tokenizer, eos_padded, start, eval_pairs
+        train_data, eval_pairs = data
+        tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.model_revision, remote_code)
+        eos_padded = tokenizer.pad_token_id == tokenizer.eos_token_id
+        # The score must be read at the EOS that ends a finished answer: the pad token must differ from it.
+        added_pad = distinct_pad_token(tokenizer)
+        start = resolve_start_model(
+            model_args.model_name_or_path, model_args, remote_code, scratch / "start-model"
+        )
+        if added_pad:
+            start = with_pad_embedding(
+                start, tokenizer, model_args, remote_code, scratch / "start-model-padded"
+            )
+
+        # Loaded here, through the one loader, not by RewardTrainer from the path: TRL 1.16 would read the config
+        # at the default branch, ignoring `revision` (as for SFT), and draw the LoRA weights right after the score
+        # head without reseeding, which gives another reward model for the same seed than the one every learning
+        # threshold was sized on (on seed 0 PPO then exploited it: labeler 0.805 -> -0.078 instead of 1.555). TRL
+        # still seeds before LoRA and sets config.pad_token_id.
+        check_quantized_needs_peft(model_args)
+        count_tokens(training_args)
+        set_seed(training_args.seed)  # the score head is drawn while loading
+        with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
+            model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
+                               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        if script_args.grouped:
+            return grouped_trainer(model, training_args, model_args, train_data, tokenizer, stage_callbacks)
         trainer_class, extra = RewardTrainer, {}
         if script_args.packing:
             trainer_class, extra = PackedRewardTrainer, {"pack_width": training_args.max_length or 1024}
-        trainer = trainer_class(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
-                                processing_class=tokenizer, peft_config=peft_config(model_args), callbacks=callbacks,
-                                **extra)  # fmt: skip
-    report_engine(trainer.accelerator)
-    train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
-    metrics = dict(train_result.metrics)
-    metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
-    metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
-    if eval_data is not None and not script_args.grouped:  # TRL's eval metrics; eval_accuracy is exact below
-        metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
+        return trainer_class(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_pairs,
+                             processing_class=tokenizer, peft_config=peft_config(model_args),
+                             callbacks=stage_callbacks, **extra)  # fmt: skip
 
-    check_finite_weights(trainer)
-    tmp = staging_dir(final_dir, trainer.is_world_process_zero())
-    save_trained_weights(trainer, tmp / "adapter" if model_args.use_peft else tmp)
-    if trainer.is_world_process_zero():
-        if model_args.use_peft:
-            merge_reward_adapter(tmp, tokenizer, start, model_args, remote_code)
-        tokenizer.model_max_length = training_args.max_length or tokenizer.model_max_length
-        tokenizer.save_pretrained(tmp)
-        for scratch in ("start-model", "start-model-padded"):
-            shutil.rmtree(checkpoints / scratch, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if eval_data is not None:  # exact accuracy of the saved model on every held-out pair, each rank its share
-        metrics.update(heldout_accuracy(str(tmp), eval_data, training_args, trainer.accelerator))
-    if trainer.is_world_process_zero():
-        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        write_run(tmp, identity)
-        publish(tmp, final_dir)
-    trainer.accelerator.wait_for_everyone()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()  # the standard Trainer path: what it trained (adapter + score head, or model)
-    tracker.finish()
-    finish_training(trainer, final_dir, script_args.keep_checkpoints)
-    if trainer.is_world_process_zero():
+    def measure(trainer, train_result, resume):
+        metrics = dict(train_result.metrics)
+        metrics["train_tokens_per_second"] = tokens_per_second(trainer, train_result.metrics)
+        metrics["resumed_from_checkpoint"] = None if resume is None else str(resume)
+        if trainer.eval_dataset is not None:  # TRL's eval metrics; eval_accuracy is exact (fill_artifact)
+            metrics.update({f"trainer_{k}": v for k, v in trainer.evaluate().items()})
+        return metrics
+
+    def fill_artifact(trainer, folder, metrics):
+        save_trained_weights(trainer, folder / "adapter" if model_args.use_peft else folder)
+        if trainer.is_world_process_zero():
+            if model_args.use_peft:
+                merge_reward_adapter(folder, tokenizer, start, model_args, remote_code)
+            tokenizer.model_max_length = training_args.max_length or tokenizer.model_max_length
+            tokenizer.save_pretrained(folder)
+            for name in ("start-model", "start-model-padded"):
+                shutil.rmtree(scratch / name, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        if (
+            eval_pairs is not None
+        ):  # exact accuracy of the saved model on each held-out pair, each rank its share
+            metrics.update(heldout_accuracy(str(folder), eval_pairs, training_args, trainer.accelerator))
+
+    metrics = run_trainer_stage("reward", (script_args, training_args, model_args), load_data=load_data,
+                                build_trainer=build_trainer, measure=measure, fill_artifact=fill_artifact,
+                                callbacks=callbacks)  # fmt: skip
+    if training_args.process_index == 0:
         if eos_padded:
             print(
                 f"The tokenizer padded with its EOS; the reward model pads with {tokenizer.pad_token!r} instead."
@@ -259,12 +239,8 @@ def main(args=None, callbacks=None):
 
 def grouped_trainer(model, training_args, model_args, pairs, tokenizer, callbacks):
     """The grouped ranking loss (pipeline.reward.grouped) on transformers' Trainer, LoRA wrapped here as TRL would."""
-    from datasets import Dataset
-
     config = peft_config(model_args)
     if config is not None:
-        from peft import get_peft_model
-
         model = get_peft_model(model, config)
     training_args.remove_unused_columns = False  # the collator reads the group columns
     return GroupedRewardTrainer(model=model, args=training_args, train_dataset=Dataset.from_list(group_pairs(pairs)),
@@ -274,9 +250,6 @@ def grouped_trainer(model, training_args, model_args, pairs, tokenizer, callback
 
 def merge_reward_adapter(tmp: Path, tokenizer, start: str, model_args, remote_code: bool) -> None:
     """The plain reward model at `tmp`: the start model with the LoRA adapter saved in `tmp/adapter` merged in."""
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
     with suppress_seqcls_warning():
         model = merge_adapter(AutoModelForSequenceClassification, tmp / "adapter", model_args, remote_code,
                               base=start, num_labels=1, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
