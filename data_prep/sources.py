@@ -20,10 +20,11 @@ from data_prep.validate import (
     DataSourceError,
     MissingColumnsError,
     RowReport,
+    dropped_lines,
     dropped_note,
     write_dropped,
 )
-from pipeline.common.outputs import write_atomically
+from pipeline.common.outputs import write_atomically, write_file_atomically
 
 
 def read_and_convert(
@@ -231,14 +232,12 @@ def convert_to_disk(config: ConvertConfig) -> dict:
     )
     note = same_columns(rows)
     output = Path(config.output)
-    if output.suffix == ".jsonl":  # out.jsonl + out.dropped_rows.jsonl, both renamed into place at the end
-        output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".jsonl":  # out.jsonl + out.dropped_rows.jsonl, each renamed into place
         dropped_file = output.with_name(f"{output.stem}.{DROPPED_FILE}")
-        tmp, tmp_dropped = (p.with_name(f".{p.name}.tmp") for p in (output, dropped_file))
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        n_dropped = write_dropped(tmp_dropped, [report])
-        tmp_dropped.replace(dropped_file)
-        tmp.replace(output)
+        dropped = dropped_lines([report])
+        write_file_atomically(dropped_file, "".join(dropped))
+        write_file_atomically(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        n_dropped = len(dropped)
     else:  # the list inside the data set's folder, so one rename publishes both
         dropped_file = output / DROPPED_FILE
 

@@ -119,15 +119,19 @@ class RowReport:
         }  # the rows themselves are in DROPPED_FILE, which can be long
 
 
-def write_dropped(path: Path, reports) -> int:
-    """Write every problem of `reports` to `path` as JSON lines (an empty file when there are none, so an old list
-    is never left beside new data); returns how many lines it wrote."""
-    problems = [p for report in reports for p in report.problems]
-    lines = [
+def dropped_lines(reports) -> list[str]:
+    """Every problem of `reports` as a JSON line: the content of DROPPED_FILE."""
+    return [
         json.dumps({"source": p.file, "row": p.row, "reason": p.kind, "field": p.field, "detail": p.detail},
                    ensure_ascii=False) + "\n"
-        for p in problems
+        for report in reports for p in report.problems
     ]  # fmt: skip
+
+
+def write_dropped(path: Path, reports) -> int:
+    """Write every problem of `reports` to `path` (an empty file when there are none, so an old list is never left
+    beside new data); returns how many lines it wrote."""
+    lines = dropped_lines(reports)
     path.write_text("".join(lines), encoding="utf-8")
     return len(lines)
 

@@ -154,7 +154,7 @@ def write_file_atomically(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(path)
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     publish(tmp, path)
 
 
