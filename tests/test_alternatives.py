@@ -57,7 +57,7 @@ def assert_learns(name: str, out: Path, tiny_sft: Path, tiny_data: Path, gain_ba
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
-    from tests.test_ppo_train import labeler_eval
+    from tests.ppo.test_ppo_train import labeler_eval
 
     assert (out / "adapter_config.json").is_file() and (out / "run.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")

@@ -45,7 +45,7 @@ def test_default_recipe_end_to_end(run_dir, tiny_data, tiny_sft, tiny_reward):
     assert result["reward_model_accuracy"] > 0.6, result
     assert gain > 0.1, result
     assert result["kl_ppo_from_sft"] > 0, result
-    # The healthy run raises none of the checks that a reward-gaming policy raises (tests/test_health.py). Not the
+    # The healthy run raises none of the checks that a reward-gaming policy raises (tests/analysis/test_health.py). Not the
     # p95 check: with these fixtures' base-started reward model a policy that is better than most chosen answers
     # can pass it (3.196 vs 3.153 under ATEN_CPU_CAPABILITY=default); `make all` raised it on none of 6 runs.
     kinds = {w.split(":")[0] for w in result["health"]["ppo"]["warnings"]}

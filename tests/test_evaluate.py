@@ -311,7 +311,7 @@ def test_every_top_level_figure_is_its_policy_record(tmp_path):
 
     from pipeline.analysis.summary import summarize
     from pipeline.evaluate import EvalArguments
-    from tests.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
+    from tests.analysis.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
 
     records = records_of(SFT_ANSWERS, SFT_ANSWERS[::-1], [0.25 * i for i in range(60)], 1.5, -1.0)
     for i, record in enumerate(records):

@@ -1,4 +1,4 @@
-"""Faults and mistakes a new user meets, outside the data converters (tests/test_bad_data.py has those): run
+"""Faults and mistakes a new user meets, outside the data converters (tests/data_prep/test_bad_data.py has those): run
 identity, fresh logs, atomic final saves, damaged folders, NaN stops, a full disk, and one `error:` line (exit 2,
 no traceback) for every user mistake."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.common.config import ConfigError, run_main
-from tests.test_ppo_train import ppo_args, read_metrics
+from tests.ppo.test_ppo_train import ppo_args, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "tiny"

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import TEST_SEED
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "ppo.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "ppo.yaml"
 
 
 def records_of(sft_answers, ppo_answers, ppo_scores, ppo_log_ratio, ppo_logprob_per_token):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TEST_SEED, record_learning
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "tiny" / "ppo.yaml"
 
 

@@ -23,7 +23,7 @@ from data_prep.validate import MissingColumnsError
 from pipeline.analysis.health import MIN_EVAL_PROMPTS
 from pipeline.common.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "custom-example"
 FILES = RECIPE / "files"
 TEMPLATE = "\n\nHuman: {prompt}\n\nAssistant:"

@@ -13,7 +13,7 @@ from data_prep.config import CONFIG_TYPES, DataConfig
 from pipeline.common.config import ConfigError, UserError
 from tests.conftest import load_recipe_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny" / "data.yaml"
 SMALL = [
     "--num_pretrain", "2000", "--num_sft_train", "300", "--num_sft_test", "50", "--num_preference_prompts", "100",

@@ -27,7 +27,7 @@ from data_prep.validate import (
 )
 
 SHARED_DATA = Path(
-    os.environ.get("RLHF_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    os.environ.get("RLHF_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
 )
 HH_FILE = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
 P = "\n\nHuman: Hi\n\nAssistant:"
@@ -123,7 +123,7 @@ def test_real_hh_rlhf_builds_a_recipe_data_dir(tmp_path):
     if not HH_FILE.is_file():
         pytest.skip(f"real HH-RLHF file not found at {HH_FILE} (set RLHF_SHARED_DATA to its folder)")
     out = tmp_path / "data"
-    config = Path(__file__).resolve().parents[1] / "recipes" / "qwen2.5-0.5b-hh" / "data.yaml"
+    config = Path(__file__).resolve().parents[2] / "recipes" / "qwen2.5-0.5b-hh" / "data.yaml"
     main(["build", "--config", str(config), "--preference_data", str(HH_FILE), "--output_dir", str(out)])
     pref = load_from_disk(out / "preference")
     assert len(pref["train"]) + len(pref["test"]) == 2303
@@ -353,7 +353,7 @@ def test_convert_cli_strict_exits_with_a_one_line_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", "convert", "--input", str(path), "--format", "pairs",
          "--output", str(tmp_path / "o.jsonl"), "--strict", "true"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert result.returncode == 2
     assert "error: " in result.stderr and "row 3: chosen and rejected are the same text" in result.stderr

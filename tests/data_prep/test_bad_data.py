@@ -15,7 +15,7 @@ from data_prep.__main__ import main
 from data_prep.sources import read_and_convert
 from data_prep.validate import DROPPED_FILE, BadRowError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 P = "\n\nHuman: Hi\n\nAssistant:"
 PAIR = {"prompt": P, "chosen": " a", "rejected": " b"}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_ppo_train import SMALL, ppo_args, read_metrics
+from tests.ppo.test_ppo_train import SMALL, ppo_args, read_metrics
 
 PHASE_KEYS = ["time/generate", "time/forward", "time/reference", "time/reward", "time/update", "time/other"]
 TIME_KEYS = [*PHASE_KEYS, "time/step", "time/generated_tokens_per_s", "time/trained_tokens_per_s"]
@@ -156,7 +156,7 @@ def test_report_draws_the_timing_chart_only_for_timed_runs(tmp_path):
     from pipeline.analysis.report import write_report
     from pipeline.analysis.summary import summarize
     from pipeline.evaluate import EvalArguments
-    from tests.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
+    from tests.analysis.test_health import CHOSEN_SCORES, SFT_ANSWERS, records_of
 
     records = records_of(SFT_ANSWERS, SFT_ANSWERS, [1.0] * len(SFT_ANSWERS), 1.0, -1.0)
 
