@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from trl import DPOConfig, DPOTrainer
 
 from pipeline.common.config import parse_config, required, run_main
+from pipeline.common.data import load_pairs
 from pipeline.common.training import LoraModelConfig, peft_config
 from pipeline.online import PolicyOutputArguments, train_policy
-from pipeline.reward import load_pair_splits
 
 
 @dataclass
@@ -42,7 +42,9 @@ def main(args=None, callbacks=None) -> dict:
 
     def load_data():
         columns = ["prompt", "chosen", "rejected"]
-        train, held_out = load_pair_splits(script_args)
+        train, held_out = load_pairs(
+            script_args.dataset_path, script_args.train_split, script_args.eval_split or None
+        )
         return train.select_columns(columns), None if held_out is None else held_out.select_columns(columns)
 
     def build_trainer(model, tokenizer, pairs, stage_callbacks):

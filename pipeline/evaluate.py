@@ -37,6 +37,7 @@ from pipeline.common.models import (
     load_causal_lm,
     load_tokenizer,
 )
+from pipeline.common.outputs import ALTERNATIVES
 from pipeline.common.tables import number
 from pipeline.lm.logprobs import sequence_logprobs
 from pipeline.lm.sampling import (
@@ -50,7 +51,6 @@ from pipeline.lm.sampling import (
     tokenize_prompts,
 )
 from pipeline.lm.scoring import RewardScorer, sharded_pair_scores
-from pipeline.online import ALTERNATIVES
 
 
 @dataclass

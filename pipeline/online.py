@@ -22,6 +22,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, required
+from pipeline.common.data import load_prompts
 from pipeline.common.models import is_adapter_dir, load_model, load_tokenizer
 from pipeline.common.training import (
     RunOutputArguments,
@@ -30,10 +31,8 @@ from pipeline.common.training import (
     run_trainer_stage,
     save_policy,
 )
-from pipeline.lm.sampling import check_untruncated, generation_config, load_prompts, our_config_only
+from pipeline.lm.sampling import check_untruncated, generation_config, our_config_only
 from pipeline.lm.scoring import RewardScorer
-
-ALTERNATIVES = ("grpo", "rloo", "dpo")
 
 
 @dataclass

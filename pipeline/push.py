@@ -30,9 +30,9 @@ from pipeline.analysis.model_card import (
 )
 from pipeline.common.config import ConfigError, UserError, parse_config, required, run_main
 from pipeline.common.models import check_model_dir
+from pipeline.common.outputs import STAGES
 from pipeline.common.redact import is_secret
 
-STAGES = ("base", "sft", "reward", "ppo", "grpo", "rloo", "dpo")
 # Never uploaded: pickles nobody needs, PPO's value head (training only), temp files, any old card.
 EXCLUDE = ("training_args.bin", "value_head.safetensors", "*.tmp", "README.md", ".*")
 

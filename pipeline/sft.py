@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import DatasetDict, load_from_disk
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from pipeline.common.config import UserError, parse_config, required, run_main
+from pipeline.common.data import load_demonstrations
 from pipeline.common.models import load_model, load_tokenizer
 from pipeline.common.training import (
     LoraModelConfig,
@@ -55,30 +55,6 @@ class SFTScriptArguments(RunOutputArguments):
 CONFIG_TYPES = (SFTScriptArguments, SFTConfig, LoraModelConfig)
 
 
-def load_sft_splits(script_args: SFTScriptArguments):
-    path = Path(script_args.dataset_path)
-    if not path.exists():
-        raise UserError(f"SFT data {path} does not exist. Build it first (make data) or set dataset_path.")
-    data = load_from_disk(str(path))
-    if not isinstance(data, DatasetDict) or script_args.train_split not in data:
-        found = list(data) if isinstance(data, DatasetDict) else "a single Dataset"
-        raise UserError(
-            f"SFT data {path} must be a DatasetDict with a '{script_args.train_split}' split; found {found}. "
-            "Set train_split/eval_split or rebuild it with data_prep."
-        )
-    columns = set(data[script_args.train_split].column_names)
-    if not ({"prompt", "completion"} <= columns or "messages" in columns):
-        raise UserError(
-            f"SFT data {path} has columns {sorted(columns)}; expected 'prompt' + 'completion' or 'messages'."
-        )
-    eval_split = script_args.eval_split or None
-    if eval_split is not None and eval_split not in data:
-        raise UserError(
-            f"SFT data {path} has no '{eval_split}' split (splits: {list(data)}); set eval_split."
-        )
-    return data[script_args.train_split], data[eval_split] if eval_split else None
-
-
 def main(args=None, callbacks=None):
     """Run the stage; `callbacks` (TrainerCallback list) lets tests and tools observe the trainer."""
     script_args, training_args, model_args = parse_config(CONFIG_TYPES, args)
@@ -87,7 +63,9 @@ def main(args=None, callbacks=None):
     def load_data():
         if not model_args.model_name_or_path:
             raise UserError("Set model_name_or_path (a local model dir or a hub id).")
-        return load_sft_splits(script_args)
+        return load_demonstrations(
+            script_args.dataset_path, script_args.train_split, script_args.eval_split or None
+        )
 
     def build_trainer(data, resume, stage_callbacks):
         train_data, eval_data = data

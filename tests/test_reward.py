@@ -129,13 +129,13 @@ def test_same_seed_gives_the_same_reward_model(tiny_base, tiny_data, tmp_path):
 def test_use_margin_false_drops_the_margin_column(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from pipeline.reward import RewardScriptArguments, load_pair_splits
+    from pipeline.common.data import load_pairs
 
     row = {"prompt": ["p"], "chosen": [" a"], "rejected": [" b"], "margin": [1.0]}
     DatasetDict(train=Dataset.from_dict(row), test=Dataset.from_dict(row)).save_to_disk(str(tmp_path / "d"))
-    train, test = load_pair_splits(RewardScriptArguments(dataset_path=str(tmp_path / "d"), use_margin=False))
+    train, test = load_pairs(str(tmp_path / "d"), "train", "test", use_margin=False)
     assert "margin" not in train.column_names and "margin" not in test.column_names
-    train, _ = load_pair_splits(RewardScriptArguments(dataset_path=str(tmp_path / "d")))
+    train, _ = load_pairs(str(tmp_path / "d"), "train", "test")
     assert "margin" in train.column_names
 
 

@@ -24,6 +24,11 @@ from pathlib import Path
 from pipeline.common.config import UserError
 from pipeline.common.redact import public_items
 
+# Every stage, by the name of its output folder (runs/<recipe>/<stage>) and its make target; ALTERNATIVES are
+# stage 3 through TRL's trainers, beside our PPO.
+ALTERNATIVES = ("grpo", "rloo", "dpo")
+STAGES = ("base", "sft", "reward", "ppo", *ALTERNATIVES)
+
 RESUME_LATEST = ("true", "latest")
 RESUME_NEVER = ("", "false", "none", "null")
 

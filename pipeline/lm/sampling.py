@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-from datasets import load_from_disk
 from transformers import GenerationConfig
 
-from pipeline.common.config import ConfigError, UserError
+from pipeline.common.config import ConfigError
 
 # Each field that can change which token is drawn, at the value that turns its logits processor (or decoding
 # mode) off. The neutral value of the others (bad_words_ids, sequence_bias, suppress_tokens, min_new_tokens,
@@ -95,24 +93,6 @@ def sampling_summary(stage: str, config: GenerationConfig, set_aside: list[str])
         f"{stage} samples from softmax(logits / {config.temperature}) with no other logits processor; "
         f"set aside from the model's generation_config: {ignored}"
     )
-
-
-def load_prompts(path: str | None, field: str) -> list[str]:
-    """The `field` column of a saved prompt data set (a DatasetDict: its train split), for PPO and the TRL stages."""
-    if path is None:
-        return []
-    if not Path(path).exists():
-        raise UserError(f"Prompt data set {path} does not exist. Run the data stage (make data) first.")
-    data = load_from_disk(path)
-    if hasattr(data, "keys"):  # a DatasetDict: take its train split
-        data = data["train"]
-    if field not in data.column_names:
-        raise UserError(f"{path} has no '{field}' column (columns: {data.column_names}); rebuild it with data_prep "
-                        "or name its prompt column (PPO: prompt_field).")  # fmt: skip
-    prompts = list(data[field])
-    if not prompts:
-        raise UserError(f"{path} holds no prompts.")
-    return prompts
 
 
 def tokenize_prompts(

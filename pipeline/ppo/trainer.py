@@ -24,6 +24,7 @@ from trl.trainer.utils import entropy_from_logits
 from pipeline.analysis.health import CollapseWatch
 from pipeline.common import outputs, tracking
 from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.data import load_prompts
 from pipeline.common.models import load_callable, load_tokenizer
 from pipeline.common.training import end_distributed, report_engine
 from pipeline.lm.logprobs import response_logprobs, sampled_logits
@@ -31,7 +32,6 @@ from pipeline.lm.sampling import (
     first_eos_mask,
     generate,
     generation_config,
-    load_prompts,
     sampling_summary,
     set_aside,
     tokenize_prompts,

@@ -31,13 +31,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from pipeline.common.config import UserError, parse_config, required
+from pipeline.common.data import load_pairs
 from pipeline.common.models import (
     distinct_pad_token,
     is_adapter_dir,
@@ -97,33 +98,6 @@ class RewardModelConfig(LoraModelConfig):
 CONFIG_TYPES = (RewardScriptArguments, RewardConfig, RewardModelConfig)
 
 
-def load_pair_splits(script_args: RewardScriptArguments):
-    path = Path(script_args.dataset_path)
-    if not path.exists():
-        raise UserError(
-            f"Preference data {path} does not exist. Build it first (make data) or set dataset_path."
-        )
-    data = load_from_disk(str(path))
-    if not isinstance(data, DatasetDict) or script_args.train_split not in data:
-        found = list(data) if isinstance(data, DatasetDict) else "a single Dataset"
-        raise UserError(f"Preference data {path} must be a DatasetDict with a '{script_args.train_split}' split; "
-                        f"found {found}.")  # fmt: skip
-    missing = {"prompt", "chosen", "rejected"} - set(data[script_args.train_split].column_names)
-    if missing:
-        raise UserError(
-            f"Preference data {path} lacks column(s) {sorted(missing)}; rebuild it with data_prep."
-        )
-    if (
-        not getattr(script_args, "use_margin", True)
-        and "margin" in data[script_args.train_split].column_names
-    ):
-        data = data.remove_columns("margin")
-    eval_split = script_args.eval_split or None
-    if eval_split is not None and eval_split not in data:
-        raise UserError(f"Preference data {path} has no '{eval_split}' split (splits: {list(data)}).")
-    return data[script_args.train_split], data[eval_split] if eval_split else None
-
-
 def resolve_start_model(name_or_path: str, model_args, remote_code: bool, scratch: Path) -> str:
     """A plain model to start from. An SFT adapter dir -> its `merged/` model, or a merge written to `scratch`."""
     if not is_adapter_dir(name_or_path):
@@ -163,7 +137,12 @@ def main(args=None, callbacks=None):
             raise UserError(
                 "packing and grouped are two ways to batch the reward model's texts: set one of them."
             )
-        return load_pair_splits(script_args)
+        return load_pairs(
+            script_args.dataset_path,
+            script_args.train_split,
+            script_args.eval_split or None,
+            script_args.use_margin,
+        )
 
     def build_trainer(data, resume, stage_callbacks):
         nonlocal tokenizer, eos_padded, start, eval_pairs
