@@ -11,8 +11,10 @@ the score is read. The model runs on the device it is given (each rank's acceler
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from pipeline.common.config import UserError
 from pipeline.common.models import load_callable, load_reward_model, load_tokenizer, use_distinct_pad
@@ -32,8 +34,6 @@ class RewardScorer:
         if reward_fn:
             self.fn = load_callable(reward_fn, "reward_fn")
             return
-        from pathlib import Path
-
         if reward_model_path is None or not Path(reward_model_path).exists():
             raise UserError(
                 f"reward_model_path {reward_model_path} does not exist. Run the reward stage (make reward) first."
@@ -81,8 +81,6 @@ def preference_margins(scorer: RewardScorer, pairs: list[dict]) -> list[float]:
 def sharded_pair_scores(scorer: RewardScorer, pairs: list[dict], state) -> tuple[list, list, list[int]]:
     """Scores of every pair's chosen and rejected response, each process scoring its contiguous share on its own
     device; returns both lists in order (on every rank) and how many pairs each rank scored."""
-    from accelerate.utils import gather_object
-
     with state.split_between_processes(pairs, apply_padding=True) as shard:
         shard = list(shard)
         prompts, ended = [p["prompt"] for p in shard], [True] * len(shard)

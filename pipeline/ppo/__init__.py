@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from trl import ModelConfig
 
+from pipeline.common.config import parse_config
 from pipeline.ppo.config import PPOConfig
+from pipeline.ppo.trainer import PPOTrainer
 
 CONFIG_TYPES: tuple[type, ...] = (PPOConfig, ModelConfig)
 
 
 def main(args=None):
-    from pipeline.common.config import parse_config
-    from pipeline.ppo.trainer import PPOTrainer
-
     ppo_args, model_args = parse_config(CONFIG_TYPES, args)
     trainer = PPOTrainer(ppo_args, model_args)
     trainer.train()
