@@ -120,7 +120,7 @@ def test_sft_refuses_a_folder_of_unknown_outputs_and_resume_across_stages(
     assert "it is a reward checkpoint" in line
 
 
-def test_identity_holds_no_token_and_ignores_operational_fields():
+def test_identity_holds_no_token_and_ignores_operational_fields(monkeypatch):
     from pipeline.common.config import parse_config
     from pipeline.common.outputs import config_differences, run_identity
     from pipeline.sft import CONFIG_TYPES
@@ -128,6 +128,12 @@ def test_identity_holds_no_token_and_ignores_operational_fields():
     base = ["--config", str(TINY / "sft.yaml")]
     a = run_identity("sft", parse_config(CONFIG_TYPES, [*base, "--hub_token", "hf_secret_value_123"]))
     assert "hf_secret_value_123" not in json.dumps(a) and "hub_token" not in a["config"]
+    # The one secret rule of tracker configs and cards (pipeline.common.redact): a key that merely mentions tokens
+    # stays, a value holding a token from the environment goes.
+    assert "include_num_input_tokens_seen" in a["config"]
+    monkeypatch.setenv("HF_TOKEN", "hf_FromTheEnvironment")
+    leaked = run_identity("sft", parse_config(CONFIG_TYPES, [*base, "--run_name", "hf_FromTheEnvironment"]))
+    assert "run_name" not in leaked["config"] and "hf_FromTheEnvironment" not in json.dumps(leaked)
     b = run_identity(
         "sft", parse_config(CONFIG_TYPES, [*base, "--logging_steps", "3", "--disable_tqdm", "true"])
     )
