@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from data_prep.build import build, describe
+from data_prep.build import build, describe_data
 from data_prep.config import CONFIG_TYPES, ConvertConfig
 from data_prep.sources import convert_to_disk
 from pipeline.common.config import ConfigError, parse_config, run_main
@@ -27,7 +27,7 @@ def main(args: Sequence[str] | None = None):
     if command == "build":
         (config,) = parse_config(CONFIG_TYPES, rest, prog="python -m data_prep build")
         info = build(config)
-        print(describe(info, config.output_dir))
+        print(describe_data(info, config.output_dir))
         return info
     if command == "convert":
         (config,) = parse_config((ConvertConfig,), rest, prog="python -m data_prep convert")

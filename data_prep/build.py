@@ -41,7 +41,7 @@ def build(config: DataConfig) -> dict:
     return info
 
 
-def describe(info: dict, output_dir: str) -> str:
+def describe_data(info: dict, output_dir: str) -> str:
     lines = [f"Wrote {output_dir} in {info['seconds']} s:"]
     for name, splits in info["sizes"].items():
         lines.append(f"  {name:13s} " + ", ".join(f"{split}={n}" for split, n in splits.items()))

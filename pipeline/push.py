@@ -157,7 +157,7 @@ def plan_upload(args: PushArguments):
     return folder, uploads, base_is_local
 
 
-def describe(uploads: dict[str, Path | bytes]) -> list[str]:
+def describe_uploads(uploads: dict[str, Path | bytes]) -> list[str]:
     lines = []
     for path_in_repo, source in sorted(uploads.items()):
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
@@ -187,7 +187,7 @@ def push_stage(args: PushArguments) -> str | None:
     where = args.repo_id or "(no repo_id)"
     print(f"{'Would upload' if args.dry_run else 'Uploading'} {len(uploads)} files from {folder} to {where} "
           f"({'private' if args.private else 'public'}, {args.weights if args.stage != 'base' else 'plain'} weights):")  # fmt: skip
-    print("\n".join(describe(uploads)))
+    print("\n".join(describe_uploads(uploads)))
     if base_is_local and args.stage != "base":
         print(
             "note: the base model is a local path; push it as well and pass --base_model_repo so loaders find it."

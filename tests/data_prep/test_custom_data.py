@@ -15,7 +15,7 @@ import yaml
 from datasets import load_from_disk
 
 from data_prep.__main__ import main
-from data_prep.build import describe
+from data_prep.build import describe_data
 from data_prep.examples import units
 from data_prep.pairs import pairs_from_scores
 from data_prep.sources import pretrain_texts
@@ -148,7 +148,7 @@ def test_eval_prompts_seen_in_training_are_dropped_and_few_are_a_warning(tmp_pat
     assert info["eval_prompt_count"] == 8 < MIN_EVAL_PROMPTS
     saved = json.loads((tmp_path / "out" / "data_info.json").read_text())
     assert saved["eval_prompt_count"] == 8 and "only 8 evaluation prompts" in saved["warnings"][0]
-    assert "warning: only 8 evaluation prompts" in describe(info, str(tmp_path / "out"))
+    assert "warning: only 8 evaluation prompts" in describe_data(info, str(tmp_path / "out"))
 
 
 # --- the corpus of `make base` --------------------------------------------------------------------------------
