@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     DataCollatorForLanguageModeling,
@@ -34,6 +33,7 @@ from transformers import (
 from trl import pack_dataset
 
 from pipeline.common.config import UserError, parse_config, required, run_main
+from pipeline.common.data import read_saved
 from pipeline.common.training import RunOutputArguments, run_trainer_stage, save_trained_weights
 from pipeline.lm.packing import PackedCollator
 
@@ -91,7 +91,7 @@ def load_corpus(path: str):
             "data_prep build --config recipes/<name>/data.yaml; converted data need `pretrain_corpus: true` "
             "there), or set corpus_path."
         )
-    corpus = load_from_disk(path)
+    corpus = read_saved(Path(path), "Pretraining corpus")
     if "text" not in corpus.column_names:
         raise UserError(f"Corpus {path} has columns {corpus.column_names}; expected a `text` column.")
     return corpus

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from transformers import set_seed
 from trl import ModelConfig
 
@@ -30,6 +30,7 @@ from pipeline.analysis.report import write_report
 from pipeline.analysis.summary import summarize
 from pipeline.common import tracking
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
+from pipeline.common.data import read_saved
 from pipeline.common.models import (
     check_model_dir,
     is_quantized,
@@ -290,13 +291,13 @@ def score_records(records: list[dict], reward_model: RewardScorer, labeler, name
 
 
 def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
-    prompts_ds = load_from_disk(args.eval_prompts_path)
+    prompts_ds = read_saved(Path(args.eval_prompts_path), "Evaluation prompts")
     if args.prompt_field not in prompts_ds.column_names:
         raise UserError(
             f"{args.eval_prompts_path} has columns {prompts_ds.column_names}; expected '{args.prompt_field}'."
         )
     prompts = list(prompts_ds[args.prompt_field])[: args.num_prompts]
-    preference = load_from_disk(args.preference_path)
+    preference = read_saved(Path(args.preference_path), "Held-out pairs")
     if isinstance(preference, DatasetDict):
         if args.preference_split not in preference:
             raise UserError(

@@ -361,3 +361,54 @@ def test_two_processes_print_the_error_once_and_both_exit(tiny_data, tmp_path):
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode != 0 and len(errors) == 1 and "does not exist" in errors[0], run.stderr[-3000:]
+
+
+# --- a recipe with a key twice, a data set with no rows --------------------------------------------------------
+
+
+def test_a_recipe_with_a_key_twice_is_refused_by_name(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys in silence; a stage refuses the file, naming the key, both lines
+    and the file, before anything loads. The model card's reading of a recipe refuses it too."""
+    from pipeline.analysis.model_card import read_hyperparameters
+    from pipeline.common.config import ConfigError
+    from pipeline.sft import main
+
+    recipe = tmp_path / "sft.yaml"
+    text = (TINY / "sft.yaml").read_text()
+    recipe.write_text(text + "\nlearning_rate: 1.0e-4\n")
+    first = 1 + next(i for i, line in enumerate(text.splitlines()) if line.startswith("learning_rate:"))
+    last = len(recipe.read_text().splitlines())
+    line = one_error_line(capsys, main, ["--config", str(recipe)])
+    assert line == (f"error: Config file {recipe}: key 'learning_rate' appears twice (lines {first} and {last}); "
+                    "keep one.")  # fmt: skip
+    with pytest.raises(ConfigError, match="key 'learning_rate' appears twice"):
+        read_hyperparameters(recipe)
+
+
+def test_a_data_set_with_no_rows_is_refused_in_one_line(tmp_path):
+    """An empty set saved by `datasets` does not load back (a bare IndexError from inside the library), and an
+    empty held-out split would fail later; every loader names the set and the fix instead."""
+    from datasets import Dataset, DatasetDict
+
+    from pipeline.common.config import UserError
+    from pipeline.common.data import load_demonstrations, load_pairs, load_prompts
+
+    Dataset.from_dict({"prompt": []}).save_to_disk(str(tmp_path / "prompts"))
+    with pytest.raises(UserError, match=r"^Prompt data set .*prompts holds an empty data set\. Rebuild it"):
+        load_prompts(str(tmp_path / "prompts"), "prompt")
+    pair = {"prompt": ["p"], "chosen": [" a"], "rejected": [" b"]}
+    DatasetDict(train=Dataset.from_dict(pair), test=Dataset.from_dict(pair).select([])).save_to_disk(
+        str(tmp_path / "pairs")
+    )
+    with pytest.raises(
+        UserError, match=r"^Preference data .*pairs(: its 'test' split holds no rows| holds an empty)"
+    ):
+        load_pairs(str(tmp_path / "pairs"), "train", "test")
+    demo = {"prompt": ["p"], "completion": [" a"]}
+    DatasetDict(train=Dataset.from_dict(demo).select([]), test=Dataset.from_dict(demo)).save_to_disk(
+        str(tmp_path / "sft")
+    )
+    with pytest.raises(
+        UserError, match=r"^SFT data .*sft(: its 'train' split holds no rows| holds an empty)"
+    ):
+        load_demonstrations(str(tmp_path / "sft"), "train", "test")

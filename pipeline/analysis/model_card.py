@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from huggingface_hub import ModelCardData
 
+from pipeline.common.config import load_yaml_text
 from pipeline.common.redact import is_secret
 
 STAGE_TITLES = {
@@ -177,7 +177,7 @@ def public_keys(recipe_file: Path, keys: tuple[str, ...]) -> dict:
     """These keys of a recipe YAML file, in this order, where set and not a secret (pipeline.common.redact)."""
     if not recipe_file.is_file():
         return {}
-    config = yaml.safe_load(recipe_file.read_text()) or {}
+    config = load_yaml_text(recipe_file.read_text(), f"Recipe file {recipe_file}") or {}
     return {k: config[k] for k in keys if k in config and not is_secret(k, config[k])}
 
 

@@ -42,14 +42,47 @@ class NonFiniteError(UserError):
         super().__init__(f"NaN/Inf in the {what} at step {step}: stopped before saving; {advice}.")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that holds one key twice: PyYAML keeps the last in silence, and a recipe
+    edited by copy and paste would train on a value nobody meant to keep."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = lines.setdefault(key, line)
+                except TypeError:  # an unhashable key: the base loader reports it
+                    continue
+                if first != line:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key '{key}' appears twice (lines {first} and {line}); keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_text(text: str, source: str):
+    """The YAML document in `text` (from `source`, named in errors), refusing duplicate keys."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as err:
+        if "appears twice" in str(err.problem):
+            raise ConfigError(f"{source}: {err.problem}.") from None
+        raise ConfigError(f"{source} is not valid YAML: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from err
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
+    config = load_yaml_text(path.read_text(), f"Config file {path}")
     if config is None:
         raise ConfigError(f"Config file {path} is empty: write the stage's settings as `field: value` lines.")
     if not isinstance(config, dict):

@@ -24,7 +24,7 @@ def load_splits(
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} {path} does not exist. Build it first (make data) or set dataset_path.")
-    data = load_from_disk(str(path))
+    data = read_saved(path, what)
     if not isinstance(data, DatasetDict) or train_split not in data:
         found = list(data) if isinstance(data, DatasetDict) else "a single Dataset"
         raise UserError(
@@ -36,7 +36,23 @@ def load_splits(
         raise UserError(f"{what} {path} {problem}")
     if eval_split and eval_split not in data:
         raise UserError(f"{what} {path} has no '{eval_split}' split (splits: {list(data)}); set eval_split.")
+    for split in (train_split, eval_split):
+        if split and len(data[split]) == 0:
+            raise UserError(f"{what} {path}: its '{split}' split holds no rows. Rebuild it (make data) with more "
+                            "data" + (", or set eval_split '' to train without a held-out split." if split == eval_split
+                                      else "."))  # fmt: skip
     return data[train_split], data[eval_split] if eval_split else None
+
+
+def read_saved(path: Path, what: str) -> Dataset | DatasetDict:
+    """`load_from_disk`, with the one failure a user can cause named: a set saved with no rows has no Arrow file,
+    and `datasets` fails on it with a bare IndexError."""
+    try:
+        return load_from_disk(str(path))
+    except IndexError:
+        raise UserError(
+            f"{what} {path} holds an empty data set. Rebuild it (make data) with more data."
+        ) from None
 
 
 def load_demonstrations(path: str | None, train_split: str, eval_split: str | None):
@@ -71,7 +87,7 @@ def load_prompts(path: str | None, field: str) -> list[str]:
         return []
     if not Path(path).exists():
         raise UserError(f"Prompt data set {path} does not exist. Run the data stage (make data) first.")
-    data = load_from_disk(path)
+    data = read_saved(Path(path), "Prompt data set")
     if hasattr(data, "keys"):  # a DatasetDict: take its train split
         data = data["train"]
     if field not in data.column_names:
