@@ -370,7 +370,7 @@ def test_a_recipe_with_a_key_twice_is_refused_by_name(tmp_path, capsys):
     """PyYAML keeps the last of two equal keys in silence; a stage refuses the file, naming the key, both lines
     and the file, before anything loads. The model card's reading of a recipe refuses it too."""
     from pipeline.analysis.model_card import read_hyperparameters
-    from pipeline.common.config import ConfigError
+    from pipeline.common.config import ConfigError, load_yaml_text
     from pipeline.sft import main
 
     recipe = tmp_path / "sft.yaml"
@@ -383,6 +383,12 @@ def test_a_recipe_with_a_key_twice_is_refused_by_name(tmp_path, capsys):
                     "keep one.")  # fmt: skip
     with pytest.raises(ConfigError, match="key 'learning_rate' appears twice"):
         read_hyperparameters(recipe)
+    with pytest.raises(ConfigError, match=r"^T: key 'a' appears twice \(lines 1 and 1\); keep one\.$"):
+        load_yaml_text("{a: 1, a: 2}", "T")  # twice on one line
+    assert load_yaml_text("a: 1\nb: {a: 2}\n", "T") == {
+        "a": 1,
+        "b": {"a": 2},
+    }  # one key in two mappings is fine
 
 
 def test_a_data_set_with_no_rows_is_refused_in_one_line(tmp_path):

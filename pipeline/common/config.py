@@ -42,6 +42,10 @@ class NonFiniteError(UserError):
         super().__init__(f"NaN/Inf in the {what} at step {step}: stopped before saving; {advice}.")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that holds one key twice."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that holds one key twice: PyYAML keeps the last in silence, and a recipe
     edited by copy and paste would train on a value nobody meant to keep."""
@@ -53,11 +57,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 try:
-                    first = lines.setdefault(key, line)
+                    first = lines.get(key)
                 except TypeError:  # an unhashable key: the base loader reports it
                     continue
-                if first != line:
-                    raise yaml.constructor.ConstructorError(
+                lines[key] = line
+                if first is not None:  # on two lines, or twice on one: {a: 1, a: 2}
+                    raise DuplicateKeyError(
                         None,
                         None,
                         f"key '{key}' appears twice (lines {first} and {line}); keep one",
@@ -70,10 +75,8 @@ def load_yaml_text(text: str, source: str):
     """The YAML document in `text` (from `source`, named in errors), refusing duplicate keys."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.constructor.ConstructorError as err:
-        if "appears twice" in str(err.problem):
-            raise ConfigError(f"{source}: {err.problem}.") from None
-        raise ConfigError(f"{source} is not valid YAML: {err}") from err
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{source}: {err.problem}.") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source} is not valid YAML: {err}") from err
 
