@@ -4,6 +4,7 @@
 #   make sft ARGS="--learning_rate 1e-4"   # any config field can be overridden on the command line
 #   make all SEED=1                  # every stage's seed set to 1, the run in runs/tiny-seed1/
 #   make compare                     # make all's stages, then GRPO, RLOO and DPO (TRL), then one leaderboard
+#   make rounds ROUNDS=2             # collect K answers from our policy, rank, retrain the reward model, PPO again
 
 RECIPE ?= recipes/tiny
 ARGS ?=
@@ -47,7 +48,7 @@ LAUNCH := $(PY) -m
 endif
 
 .PHONY: all compare setup test test-kernels test-fast lint format data base sft reward ppo grpo rloo dpo eval push \
-	bench clean help
+	collect rank rounds bench clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -124,6 +125,23 @@ dpo: setup
 
 eval: setup
 	$(LAUNCH) pipeline.evaluate --config $(RECIPE)/eval.yaml $(ARGS)
+
+# The seeds' step 2, repeated (README, "Collecting comparisons from your model"): `make rounds ROUNDS=N` builds what
+# round 1 needs when it is missing (data, base, SFT), then per round collect -> rank -> reward -> PPO -> eval in
+# runs/<name>/rounds/<n>/, skipping what is done (a killed loop goes on where it stopped). Step by step:
+#   make collect ROUND=1; make rank ROUND=1 [FROM=rankings.jsonl]; make rounds ROUNDS=1
+ROUND ?=
+ROUNDS ?= 2
+FROM ?=
+ROUND_ARGS = --config $(RECIPE)/rounds.yaml $(if $(ROUND),--round $(ROUND))
+collect: setup
+	$(LAUNCH) pipeline.rounds.collect $(ROUND_ARGS) $(ARGS)
+
+rank: setup
+	$(PY) -m pipeline.rounds.rank $(ROUND_ARGS) $(if $(FROM),--from_file $(FROM)) $(ARGS)
+
+rounds: setup
+	$(PY) -m pipeline.rounds --config $(RECIPE)/rounds.yaml --rounds $(ROUNDS) --launch "$(LAUNCH)" $(ARGS)
 
 # make push STAGE=ppo RECIPE=... HUB_REPO=user/name [ARGS="--dry_run true"]
 STAGE ?= ppo

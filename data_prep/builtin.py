@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 
 from data_prep import task
 from data_prep.config import DataConfig
-from data_prep.pairs import pairs_from_scores
+from pipeline.common.pairs import pairs_from_scores
 
 
 def _cycled(rng: random.Random, specs: list[task.PromptSpec], n: int) -> list[task.PromptSpec]:

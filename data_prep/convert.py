@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 
-from data_prep.pairs import pairs_from_ranks, pairs_from_scores
 from data_prep.validate import (
     InvalidRow,
     RowReport,
@@ -25,6 +24,7 @@ from data_prep.validate import (
     finish,
     require_columns,
 )
+from pipeline.common.pairs import pairs_from_ranks, pairs_from_scores
 
 ASSISTANT_TURN = "\n\nAssistant:"
 ROLES = ("system", "user", "assistant")

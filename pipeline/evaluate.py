@@ -27,15 +27,14 @@ from transformers import set_seed
 from trl import ModelConfig
 
 from pipeline.analysis.report import write_report
-from pipeline.analysis.summary import summarize
+from pipeline.analysis.summary import own_sample_pairs, summarize
 from pipeline.common import tracking
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
 from pipeline.common.data import read_saved
 from pipeline.common.models import (
     check_model_dir,
-    is_quantized,
-    load_callable,
-    load_causal_lm,
+    load_policy_for_inference,
+    load_scoring_function,
     load_tokenizer,
 )
 from pipeline.common.outputs import ALTERNATIVES
@@ -98,6 +97,15 @@ class EvalArguments:
         default=False, metadata={"help": "run model code from the hub (off: only transformers' own classes)"}
     )
     seed: int = 0
+    own_samples_per_prompt: int = field(
+        default=4,
+        metadata={"help": "K answers per prompt from each policy, on own_samples_num_prompts prompts: how often the "
+                  "reward model orders pairs of a policy's own answers as the labeler does "
+                  "(rm_accuracy_on_own_samples; 0 or no labeler: not measured)"},
+    )  # fmt: skip
+    own_samples_num_prompts: int = field(
+        default=64, metadata={"help": "held-out prompts (the first ones) for rm_accuracy_on_own_samples"}
+    )
     num_report_samples: int = field(default=8, metadata={"help": "rows in the report's side-by-side table"})
     max_kl: float = field(
         default=10.0,
@@ -131,6 +139,11 @@ class EvalArguments:
             raise UserError("temperature must be > 0: the policies are compared on sampled answers.")
 
         check_untruncated(self.top_k, self.top_p, "Evaluation, like PPO,")
+        if self.own_samples_per_prompt == 1 or self.own_samples_per_prompt < 0:
+            raise ConfigError(
+                f"own_samples_per_prompt is {self.own_samples_per_prompt}: at least 2 answers per prompt make a "
+                "pair; 0 turns the measurement off."
+            )
         unknown = sorted(set(self.alternatives) - set(ALTERNATIVES))
         if unknown:
             raise ConfigError(f"alternatives: {unknown} are not stages; choose from {list(ALTERNATIVES)}.")
@@ -190,16 +203,6 @@ _START = time.monotonic()
 # --- policies ----------------------------------------------------------------------------------------------
 
 
-def load_policy_for_inference(path: str, model_args, device, trust_remote_code: bool = False):
-    """A policy to sample from and score with, never trained: adapters are merged (faster) unless the base is
-    quantized. (PPO's `pipeline.ppo.models.load_policy` loads one to train.)"""
-    quantized = is_quantized(model_args)
-    model = load_causal_lm(path, model_args, merge=not quantized, trust_remote_code=trust_remote_code)
-    if not quantized:
-        model.to(device)
-    return model.eval().requires_grad_(False)
-
-
 def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int, name: str = "evaluation"):
     """Prompt batches and sampled responses (token ids, padded after EOS), batched with left padding.
 
@@ -222,9 +225,16 @@ def sample(model, tokenizer, prompts: list[str], args: EvalArguments, seed: int,
 
 
 def evaluate_policies(
-    args: EvalArguments, model_args, prompts: list[str], device, seed: int, policies: dict[str, str]
-) -> list[dict]:
-    """One record per prompt: every policy's answer and its length, and each policy sample's log-ratio to SFT."""
+    args: EvalArguments,
+    model_args,
+    prompts: list[str],
+    device,
+    seed: int,
+    policies: dict[str, str],
+    own_prompts: list[str] = (),
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """One record per prompt: every policy's answer and its length, and each policy sample's log-ratio to SFT;
+    and per policy, K answers to each of `own_prompts` (`sample_groups`)."""
     tokenizer = load_tokenizer(args.sft_model_path, trust_remote_code=args.trust_remote_code)
     for name, path in policies.items():
         if (
@@ -237,6 +247,7 @@ def evaluate_policies(
                 "anything."
             )
     records = [{"prompt": p} for p in prompts]
+    groups = {}
 
     log(f"sampling {len(prompts)} answers per process from the SFT policy {args.sft_model_path}")
     sft = load_policy_for_inference(args.sft_model_path, model_args, device, args.trust_remote_code)
@@ -244,6 +255,7 @@ def evaluate_policies(
     _store(records, "sft", tokenizer, responses)
     _store_logprobs(records, "sft", sft, queries, responses, tokenizer, args.temperature)
     del responses
+    groups["sft"] = sample_groups(sft, tokenizer, own_prompts, args, seed, "the SFT policy")
 
     for name, path in policies.items():
         log(f"sampling from the {name.upper()} policy {path}")
@@ -255,9 +267,53 @@ def evaluate_policies(
         _store_logprobs(records, f"{name}_under_sft", sft, queries, responses, tokenizer, args.temperature)
         for record in records:
             record[f"{name}_log_ratio"] = record[f"{name}_logprob"] - record.pop(f"{name}_under_sft_logprob")
+        groups[name] = sample_groups(policy, tokenizer, own_prompts, args, seed, f"the {name.upper()} policy")
         del policy
     del sft
-    return records
+    return records, groups
+
+
+# Another stream than the one-answer-per-prompt samples, which stay what they were without this measurement.
+OWN_SAMPLES_SEED_OFFSET = 7919
+
+
+def sample_groups(
+    model, tokenizer, prompts: list[str], args: EvalArguments, seed: int, name: str
+) -> list[dict]:
+    """K = own_samples_per_prompt answers to each prompt from `model`: the pairs of a policy's own answers that the
+    reward model should order as the labeler does (InstructGPT's labelers ranked K answers of one model)."""
+    k = args.own_samples_per_prompt
+    if not prompts or k < 2:
+        return []
+    repeated = [p for p in prompts for _ in range(k)]
+    _, batches = sample(
+        model, tokenizer, repeated, args, seed + OWN_SAMPLES_SEED_OFFSET, f"{name}, {k} answers per prompt,"
+    )
+    texts, ended = [], []
+    for batch in batches:
+        t, e, _ = decode_responses(tokenizer, batch, first_eos_mask(batch, tokenizer.eos_token_id))
+        texts += t
+        ended += e
+    return [{"prompt": p, "responses": texts[i * k : (i + 1) * k], "ended": ended[i * k : (i + 1) * k]}
+            for i, p in enumerate(prompts)]  # fmt: skip
+
+
+def score_groups(groups: dict[str, list[dict]], reward_model: RewardScorer, labeler) -> dict[str, list[dict]]:
+    """Each group's answers scored by the reward model and the labeler (`rm_scores`, `labels`)."""
+    for policy_groups in groups.values():
+        if not policy_groups:
+            continue
+        prompts = [g["prompt"] for g in policy_groups for _ in g["responses"]]
+        responses = [r for g in policy_groups for r in g["responses"]]
+        ended = [e for g in policy_groups for e in g["ended"]]
+        rm_scores = reward_model(prompts, responses, ended).tolist()
+        labels = labeler(prompts, responses)
+        i = 0
+        for group in policy_groups:
+            k = len(group["responses"])
+            group["rm_scores"], group["labels"] = rm_scores[i : i + k], labels[i : i + k]
+            i += k
+    return groups
 
 
 def _store_logprobs(records, name: str, model, queries, responses, tokenizer, temperature: float) -> None:
@@ -315,6 +371,12 @@ def load_inputs(args: EvalArguments) -> tuple[list[str], list[dict]]:
     return prompts, pairs
 
 
+def ordered_share(items: list, state) -> list:
+    """This rank's contiguous share of `items`, unpadded (every item once over all ranks)."""
+    per_rank = -(-len(items) // state.num_processes)
+    return items[state.process_index * per_rank : (state.process_index + 1) * per_rank]
+
+
 def distributed_state():
     """Accelerate's process state. Without a GPU, ask for CPU explicitly: PartialState() otherwise ignores the
     ranks that torchrun / `accelerate launch` (MULTI_CPU) started and every process thinks it is the main one."""
@@ -325,9 +387,9 @@ def main(args=None):
     eval_args, model_args = parse_config(CONFIG_TYPES, args)
     trackers = tracking.trackers(eval_args.report_to)
     check_inputs(eval_args)
-    labeler = load_callable(eval_args.labeler, "labeler") if eval_args.labeler else None
+    labeler = load_scoring_function(eval_args.labeler, "labeler") if eval_args.labeler else None
     if eval_args.reward_fn:  # a wrong 'module:function' fails now, not after every policy has sampled
-        load_callable(eval_args.reward_fn, "reward_fn")
+        load_scoring_function(eval_args.reward_fn, "reward_fn")
     prompts, pairs = load_inputs(eval_args)
 
     state = distributed_state()
@@ -336,8 +398,12 @@ def main(args=None):
     for stage in eval_args.alternatives:  # the alternatives found in the run, whole (check_inputs did PPO's)
         if stage in policies:
             check_model_dir(policies[stage])
+    # rm_accuracy_on_own_samples: the first own_samples_num_prompts prompts, each rank K answers to its share
+    own = ordered_share(prompts[: eval_args.own_samples_num_prompts], state) if labeler else []
     with state.split_between_processes(prompts, apply_padding=True) as shard:
-        records = evaluate_policies(eval_args, model_args, list(shard), state.device, seed, policies)
+        records, groups = evaluate_policies(
+            eval_args, model_args, list(shard), state.device, seed, policies, own
+        )
     scorer = (
         f"the function {eval_args.reward_fn}"
         if eval_args.reward_fn
@@ -347,13 +413,17 @@ def main(args=None):
     reward_model = RewardScorer(eval_args.reward_model_path, eval_args.reward_fn, model_args, state.device,
                                 eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
     score_records(records, reward_model, labeler, ["sft", *policies])
+    if labeler:
+        log("reward-model accuracy on pairs of each policy's own answers")
+        score_groups(groups, reward_model, labeler)
+    own_pairs = {name: own_sample_pairs(gather_object(groups.get(name, []))) for name in ["sft", *policies]}
     log(f"reward-model accuracy on {len(pairs)} held-out pairs")
     chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)
     margins = [c - r for c, r in zip(chosen, rejected)]
     # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
     records = gather_object(records)[: len(prompts)]
 
-    result = summarize(records, margins, eval_args, state.num_processes, chosen, policies)
+    result = summarize(records, margins, eval_args, state.num_processes, chosen, policies, own_pairs)
     if state.is_main_process:
         write_outputs(eval_args, result, records, trackers)
     state.wait_for_everyone()

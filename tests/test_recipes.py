@@ -22,6 +22,7 @@ STAGE_MODULES = {
     "dpo": "pipeline.dpo",
     "eval": "pipeline.evaluate",
     "push": "pipeline.push",
+    "rounds": "pipeline.rounds.config",
 }
 RECIPE_FILES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate")
 

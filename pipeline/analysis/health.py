@@ -8,7 +8,9 @@ curve, so these checks look elsewhere:
   held-out *chosen* responses, the best answers the reward model was trained on: it is paid outside that range;
 - drift: KL(policy || SFT) per answer above a stated bound (`max_kl`);
 - collapse: per-token entropy or response length below half the SFT policy's, or most answers identical;
-- exploitation (with a labeler): the reward-model score rose over the SFT policy's while the labeler's fell.
+- exploitation (with a labeler): the reward-model score rose over the SFT policy's while the labeler's fell;
+- a reward model off the policy's distribution (with a labeler): it orders pairs of the policy's own answers near
+  chance, so more RL against it can only exploit it; a new round of comparisons from this policy is the fix.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ KL_KNOB = {
 # Fewer held-out prompts than this make the SFT-vs-PPO comparison noise (a mean's standard error is ~1/sqrt(n) of
 # its spread): `data_prep build` and the evaluation report both say so.
 MIN_EVAL_PROMPTS = 50
+# Reward-model accuracy on pairs of a policy's own answers below this is "near chance" (0.5); on the built-in task
+# the SFT policy's is ~0.8. Fewer pairs than OWN_PAIRS_MIN are too few to say.
+NEAR_CHANCE_ACCURACY = 0.6
+OWN_PAIRS_MIN = 30
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -48,7 +54,8 @@ def entropy_per_token(records: list[dict], name: str) -> float | None:
     return -sum(r[f"{name}_logprob"] for r in records) / tokens
 
 
-def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float, name: str = "ppo") -> dict:
+def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float, name: str = "ppo",
+                  record: dict | None = None) -> dict:  # fmt: skip
     """The figures of every check for policy `name` against the SFT policy, and a warning for each that fails."""
     mean = statistics.fmean
     score = mean(r[f"{name}_reward_model_score"] for r in records)
@@ -102,6 +109,14 @@ def policy_checks(records: list[dict], chosen_scores: list[float], max_kl: float
     if identical > IDENTICAL_SHARE:
         shown = " ".join(answer.split())[:60]
         warnings.append(f"collapse: {identical:.0%} of the answers are one and the same answer ({shown!r}).")
+    own = (record or {}).get("rm_accuracy_on_own_samples")
+    checks["rm_accuracy_on_own_samples"] = own
+    if own is not None and record["own_sample_pairs"] >= OWN_PAIRS_MIN and own < NEAR_CHANCE_ACCURACY:
+        warnings.append(
+            f"reward model off this policy's answers: it orders pairs of the policy's own answers as the labeler "
+            f"does only {own:.0%} of the time ({record['own_sample_pairs']} pairs; chance is 50%), so more RL "
+            "against it can only exploit it. Collect a new round of comparisons from this policy (make rounds)."
+        )
     return {**checks, "warnings": warnings}
 
 

@@ -68,7 +68,26 @@ def started_from(policy_path: str, sft_path: str) -> bool | None:
     return inputs.get(key) in (None, fingerprint(sft_path))
 
 
-def policy_record(records: list[dict], name: str, model_path: str, sft_path: str, labeled: bool) -> dict:
+def own_sample_pairs(groups: list[dict]) -> dict:
+    """How often the reward model orders two answers of one policy to one prompt as the labeler does: over every pair
+    of a group's answers that the labeler does not tie (identical texts are ties); a reward-model tie counts wrong.
+    Near 0.5, the reward model can no longer tell this policy's better answers from its worse ones."""
+    right = total = 0
+    for group in groups:
+        if "labels" not in group:
+            continue
+        answers = list(zip(group["responses"], group["rm_scores"], group["labels"]))
+        for i, (text_a, rm_a, label_a) in enumerate(answers):
+            for text_b, rm_b, label_b in answers[i + 1 :]:
+                if label_a == label_b or text_a == text_b:
+                    continue
+                total += 1
+                right += (rm_a - rm_b) * (label_a - label_b) > 0
+    return {"accuracy": right / total if total else None, "pairs": total}
+
+
+def policy_record(records: list[dict], name: str, model_path: str, sft_path: str, labeled: bool,
+                  own_pairs: dict | None = None) -> dict:  # fmt: skip
     """One policy's entry in `policies`: its scores on the held-out prompts and, beside SFT, how it compares."""
     record = {
         "model_path": model_path,
@@ -79,6 +98,8 @@ def policy_record(records: list[dict], name: str, model_path: str, sft_path: str
         "kl_from_sft": 0.0 if name == "sft" else mean_of(records, f"{name}_log_ratio"),
         "response_length_mean": mean_of(records, f"{name}_length"),
         "ended_fraction": mean_of(records, f"{name}_ended"),
+        "rm_accuracy_on_own_samples": (own_pairs or {}).get("accuracy"),
+        "own_sample_pairs": (own_pairs or {}).get("pairs", 0),
     }
     if name != "sft":
         record["labeler_win_rate_vs_sft"] = (
@@ -98,15 +119,17 @@ def summarize(
     num_processes: int,
     chosen: list[float],
     policies: dict[str, str] | None = None,
+    own_pairs: dict[str, dict] | None = None,
 ) -> dict:
     """eval.json's figures. `args`: the evaluation's settings (pipeline.evaluate.EvalArguments); `margins` and
     `chosen`: the reward model's chosen-minus-rejected margins and chosen scores on held-out pairs; `policies`
-    (name -> path): the policies compared with SFT, by default PPO alone."""
+    (name -> path): the policies compared with SFT, by default PPO alone; `own_pairs`: `own_sample_pairs` of each
+    policy."""
     policies = policies or {"ppo": args.ppo_model_path}
     labeled = bool(args.labeler)
     # The leaderboard: every policy on the same prompts, sampling settings and scorers.
     board = {
-        name: policy_record(records, name, path, args.sft_model_path, labeled)
+        name: policy_record(records, name, path, args.sft_model_path, labeled, (own_pairs or {}).get(name))
         for name, path in {"sft": args.sft_model_path, **policies}.items()
     }
     result = {
@@ -117,7 +140,9 @@ def summarize(
     if labeled:
         result.update(top_level_figures(board, LABELER_FIGURES))
     result["reward_model_margin_mean"] = statistics.fmean(margins)
-    result["health"] = {name: policy_checks(records, chosen, args.max_kl, name) for name in policies}
+    result["health"] = {
+        name: policy_checks(records, chosen, args.max_kl, name, board[name]) for name in policies
+    }
     result["warnings"] = [
         f"{name.upper()} {w}" for name in policies for w in result["health"][name]["warnings"]
     ]

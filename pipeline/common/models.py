@@ -9,10 +9,13 @@ weights are read from safetensors.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import pkgutil
 import struct
+import traceback
 from pathlib import Path
 
 import torch
@@ -201,6 +204,16 @@ def load_causal_lm(name_or_path: str, model_args=None, merge: bool = False, trus
     return model.merge_and_unload() if merge else model
 
 
+def load_policy_for_inference(path: str, model_args, device, trust_remote_code: bool = False):
+    """A policy to sample from and score with, never trained: adapters are merged (faster) unless the base is
+    quantized. (PPO's `pipeline.ppo.models.load_policy` loads one to train.)"""
+    quantized = is_quantized(model_args)
+    model = load_causal_lm(path, model_args, merge=not quantized, trust_remote_code=trust_remote_code)
+    if not quantized:
+        model.to(device)
+    return model.eval().requires_grad_(False)
+
+
 def load_reward_model(name_or_path: str, model_args=None, trust_remote_code: bool = False):
     """A scalar-head reward model (AutoModelForSequenceClassification, num_labels=1)."""
     model = load_model(AutoModelForSequenceClassification, name_or_path, model_args, trust_remote_code,
@@ -264,3 +277,34 @@ def load_callable(spec: str, what: str):
     if not callable(fn):
         raise UserError(f"{what} {spec!r} is not callable.")
     return fn
+
+
+def load_scoring_function(spec: str, what: str):
+    """The user's `module:function` f(prompts, responses) -> scores, called through `call_scorer`."""
+    fn = load_callable(spec, what)
+    return functools.partial(call_scorer, fn, spec, what)
+
+
+def call_scorer(fn, spec: str, what: str, prompts: list[str], responses: list[str]) -> list[float]:
+    """`fn(prompts, responses)` (a reward function or labeler the user names as `spec`), its failures made one
+    line: an exception inside it, a wrong number of scores, or a score that is not a finite number."""
+    try:
+        scores = list(fn(prompts, responses))
+    except Exception as err:  # the user's code: say where it failed, not our frames around it
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        raise UserError(
+            f"{what} {spec} raised {type(err).__name__}: {err} (at {frame.filename}:{frame.lineno}, scoring "
+            f"{len(prompts)} answers); fix the function, or set {what} to another one."
+        ) from err
+    if len(scores) != len(prompts):
+        raise UserError(f"{what} {spec} returned {len(scores)} scores for {len(prompts)} responses; it must "
+                        "return one number per response, in order.")  # fmt: skip
+    try:
+        values = [float(s) for s in scores]
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{what} {spec} returned a score that is not a number ({err}).") from None
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise UserError(f"{what} {spec} returned {values[bad]} for response {bad} ({responses[bad]!r:.60}); "
+                        "scores must be finite numbers.")  # fmt: skip
+    return values

@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import gather_object
 
 from pipeline.common.config import UserError
-from pipeline.common.models import load_callable, load_reward_model, load_tokenizer, use_distinct_pad
+from pipeline.common.models import load_reward_model, load_scoring_function, load_tokenizer, use_distinct_pad
 
 UNLIMITED = 10**6  # tokenizers without a length limit report int(1e30) as model_max_length
 
@@ -32,7 +32,7 @@ class RewardScorer:
         self.fn: Callable | None = None
         self.model = None
         if reward_fn:
-            self.fn = load_callable(reward_fn, "reward_fn")
+            self.fn = load_scoring_function(reward_fn, "reward_fn")
             return
         if reward_model_path is None or not Path(reward_model_path).exists():
             raise UserError(
@@ -55,10 +55,7 @@ class RewardScorer:
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str], ended: list[bool]) -> torch.Tensor:
         if self.fn is not None:
-            scores = self.fn(prompts, responses)
-            if len(scores) != len(prompts):
-                raise UserError(f"reward_fn returned {len(scores)} scores for {len(prompts)} responses.")
-            return torch.tensor([float(s) for s in scores], dtype=torch.float32, device=self.device)
+            return torch.tensor(self.fn(prompts, responses), dtype=torch.float32, device=self.device)
         texts = self.texts(prompts, responses, ended)
         scores = [torch.zeros(0, device=self.device)]
         for i in range(0, len(texts), self.batch_size):

@@ -84,6 +84,11 @@ class PPOConfig(TrainingArguments):
     sft_model_path: str | None = required(
         "SFT policy: a PEFT adapter dir (the policy continues that adapter) or a plain model"
     )
+    init_policy_path: str | None = field(
+        default=None,
+        metadata={"help": "start the policy from this one instead (an earlier PPO run's output on the same SFT model: "
+                  "a round of `make rounds`); the KL reference stays the SFT policy. None: the SFT policy"},
+    )  # fmt: skip
     reward_model_path: str | None = field(
         default=None,
         metadata={
@@ -232,7 +237,7 @@ class PPOConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
 
-        nulls_to_none(self, ("reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint",
+        nulls_to_none(self, ("init_policy_path", "reward_model_path", "reward_fn", "eval_prompts_path", "resume_from_checkpoint",
                              "eval_reward_fn"))  # fmt: skip
 
         if self.value_head not in ("shared", "adapter"):

@@ -247,7 +247,14 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
             return load_base_of(sft, AutoModelForCausalLM, model_args, remote_code)
         return load_model(AutoModelForCausalLM, sft, model_args, remote_code)
 
-    base = load_base()
+    init = args.init_policy_path  # the policy's start when not the SFT policy (a previous round's)
+    if init:
+        check_init_policy(init, sft, base_path, use_lora)
+    base = (
+        load_base()
+        if use_lora or not init
+        else load_model(AutoModelForCausalLM, init, model_args, remote_code)
+    )
     quantized = getattr(base, "is_quantized", False)
     if quantized:
         base = prepare_model_for_kbit_training(
@@ -268,8 +275,12 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
         ref_model = load_base().eval().requires_grad_(False)
         disable_dropout(ref_model)
     elif sft_is_adapter:
-        lm = PeftModel.from_pretrained(base, sft, adapter_name=POLICY, is_trainable=True)
+        lm = PeftModel.from_pretrained(base, init or sft, adapter_name=POLICY, is_trainable=True)
         lm.load_adapter(sft, adapter_name=REF, is_trainable=False)
+    elif (
+        init
+    ):  # a plain SFT model: the reference is the base with the adapters off, the policy the given adapter
+        lm = PeftModel.from_pretrained(base, init, adapter_name=POLICY, is_trainable=True)
     else:
         lm = get_peft_model(
             base, get_peft_config(model_args) or LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM")
@@ -287,6 +298,19 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
         lm.set_adapter(POLICY)
         lm.set_requires_grad(model.trainable_adapters, requires_grad=True)
     return model, ref_model
+
+
+def check_init_policy(init: str, sft: str, base_path: str, use_lora: bool) -> None:
+    """The policy may start from an earlier run's policy only if it is one on the same base as the SFT policy."""
+    if not Path(init).exists():
+        raise UserError(f"init_policy_path {init} does not exist (the policy an earlier round ended with?).")
+    if use_lora != is_adapter_dir(init):
+        kind = "a LoRA adapter" if is_adapter_dir(init) else "a plain model"
+        raise UserError(f"init_policy_path {init} is {kind}, but this run trains "
+                        f"{'LoRA' if use_lora else 'the full model'}: start from a policy trained the same way.")  # fmt: skip
+    if use_lora and not same_model_path(adapter_base_path(init), base_path):
+        raise UserError(f"init_policy_path {init} is an adapter on {adapter_base_path(init)}, not on the SFT policy's "
+                        f"base {base_path} ({sft}): it must come from a PPO run on this SFT model.")  # fmt: skip
 
 
 def _add_value_adapter(lm, args, value_head: nn.Linear, base_path: str) -> None:

@@ -25,7 +25,7 @@ from pipeline.analysis.health import CollapseWatch
 from pipeline.common import outputs, tracking
 from pipeline.common.config import NonFiniteError, UserError
 from pipeline.common.data import load_prompts
-from pipeline.common.models import load_callable, load_tokenizer
+from pipeline.common.models import load_scoring_function, load_tokenizer
 from pipeline.common.training import end_distributed, report_engine
 from pipeline.lm.logprobs import response_logprobs, sampled_logits
 from pipeline.lm.sampling import (
@@ -82,7 +82,9 @@ class PPOTrainer:
         held_out = load_prompts(args.eval_prompts_path, args.prompt_field)
         # Sample tables and gold evaluations answer the held-out prompts: without them, neither runs.
         gold_fn = (
-            load_callable(args.eval_reward_fn, "eval_reward_fn") if args.eval_every and held_out else None
+            load_scoring_function(args.eval_reward_fn, "eval_reward_fn")
+            if args.eval_every and held_out
+            else None
         )
         self.batch_size = args.batch_size(acc.num_processes)
         self.num_steps = args.num_steps(acc.num_processes, len(self.prompts))

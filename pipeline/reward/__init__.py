@@ -38,7 +38,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from pipeline.common.config import UserError, parse_config, required
-from pipeline.common.data import load_pairs
+from pipeline.common.data import load_pairs, read_saved
 from pipeline.common.models import (
     distinct_pad_token,
     is_adapter_dir,
@@ -201,6 +201,11 @@ def main(args=None, callbacks=None):
             eval_pairs is not None
         ):  # exact accuracy of the saved model on each held-out pair, each rank its share
             metrics.update(heldout_accuracy(str(folder), eval_pairs, training_args, trainer.accelerator))
+        # Every other held-out split on its own (the rounds' slices: round_1, round_2, ...)
+        for split, pairs in other_splits(script_args).items():
+            result = heldout_accuracy(str(folder), pairs, training_args, trainer.accelerator)
+            metrics[f"eval_accuracy_{split}"] = result["eval_accuracy"]
+            metrics[f"eval_pairs_{split}"] = result["eval_pairs"]
 
     metrics = run_trainer_stage("reward", (script_args, training_args, model_args), load_data=load_data,
                                 build_trainer=build_trainer, measure=measure, fill_artifact=fill_artifact,
@@ -212,8 +217,20 @@ def main(args=None, callbacks=None):
             )
         if "eval_accuracy" in metrics:
             print(f"Held-out pair accuracy {metrics['eval_accuracy']:.3f} on {metrics['eval_pairs']} pairs")
+        for split in other_splits(script_args):
+            print(
+                f"  on {split}: {metrics[f'eval_accuracy_{split}']:.3f} on {metrics[f'eval_pairs_{split}']} pairs"
+            )
         print(f"Saved to {final_dir}")
     return metrics
+
+
+def other_splits(script_args) -> dict:
+    """The data's held-out splits besides eval_split (a round's slice of its own comparisons: round_<k>), each
+    reported on its own in eval_results.json as eval_accuracy_<split>."""
+    data = read_saved(Path(script_args.dataset_path), "Preference data")
+    skip = {script_args.train_split, script_args.eval_split}
+    return {name: split for name, split in data.items() if name not in skip and len(split)}
 
 
 def grouped_trainer(model, training_args, model_args, pairs, tokenizer, callbacks):

@@ -17,11 +17,11 @@ from datasets import load_from_disk
 from data_prep.__main__ import main
 from data_prep.build import describe_data
 from data_prep.examples import units
-from data_prep.pairs import pairs_from_scores
 from data_prep.sources import pretrain_texts
 from data_prep.validate import MissingColumnsError
 from pipeline.analysis.health import MIN_EVAL_PROMPTS
 from pipeline.common.config import ConfigError
+from pipeline.common.pairs import pairs_from_scores
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "custom-example"

@@ -320,3 +320,50 @@ def test_qlora_4bit_base_trains_and_merges(tiny_sft, tiny_data, tmp_path):
     assert getattr(base, "is_loaded_in_4bit", False)
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_a_policy_started_from_an_earlier_one_keeps_the_sft_policy_as_reference(
+    tiny_sft, tiny_data, tmp_path
+):
+    """init_policy_path (a round of `make rounds`): the trained adapter is the earlier policy's, the reference the
+    SFT adapter; an adapter on another base, or a plain model where LoRA trains, is refused by name."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import ModelConfig
+
+    from pipeline.common.config import UserError
+    from pipeline.common.models import adapter_base_path
+    from pipeline.ppo.config import PPOConfig
+    from pipeline.ppo.models import POLICY, REF, load_policy
+
+    earlier = tmp_path / "earlier"
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(adapter_base_path(tiny_sft)), str(tiny_sft)
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.01)
+    model.save_pretrained(earlier)
+
+    def build(init: str):
+        args = PPOConfig(output_dir=str(tmp_path / "out"), sft_model_path=str(tiny_sft), init_policy_path=init,
+                         prompts_path=str(tiny_data / "prompts"), reward_fn="data_prep.task:labeler_scores",
+                         use_cpu=True, report_to="none")  # fmt: skip
+        return load_policy(args, ModelConfig(use_peft=True))[0]
+
+    policy = build(str(earlier))
+    saved, sft = (
+        load_file(str(earlier / "adapter_model.safetensors")),
+        load_file(str(tiny_sft / "adapter_model.safetensors")),
+    )
+    state = policy.lm.state_dict()
+    for key, value in saved.items():
+        stem = key.removesuffix(".weight")
+        assert torch.equal(state[f"{stem}.{POLICY}.weight"], value), key
+        assert torch.equal(state[f"{stem}.{REF}.weight"], sft[key]), key
+        assert not torch.equal(value, sft[key]) or "lora_A" in key
+    with pytest.raises(UserError, match="does not exist"):
+        build(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="is a plain model, but this run trains LoRA"):
+        build(str(tiny_sft / "merged"))

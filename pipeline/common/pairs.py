@@ -1,4 +1,4 @@
-"""K ranked responses -> preference pairs, InstructGPT style (shared by the built-in task and the converter)."""
+"""K ranked responses -> preference pairs, InstructGPT style (the built-in task, the converter and the rounds)."""
 
 from __future__ import annotations
 
