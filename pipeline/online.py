@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, required
 from pipeline.common.data import load_prompts
-from pipeline.common.models import is_adapter_dir, load_model, load_tokenizer
+from pipeline.common.models import (
+    adapter_base_path,
+    is_adapter_dir,
+    load_model,
+    load_tokenizer,
+    same_model_path,
+)
 from pipeline.common.training import (
     RunOutputArguments,
     check_quantized_needs_peft,
@@ -62,9 +69,14 @@ class OnlineScriptArguments(PolicyOutputArguments):
         metadata={"help": "subtracted from the score of an answer cut off at max_completion_length"},
     )
     reward_batch_size: int = field(default=32, metadata={"help": "answers per reward-model forward pass"})
+    init_adapter_path: str | None = field(
+        default=None,
+        metadata={"help": "continue this LoRA adapter (an earlier run's policy on the same start model: a round of "
+                  "`make rounds`) instead of a fresh one; the KL reference stays the start model"},
+    )  # fmt: skip
 
     def __post_init__(self):
-        nulls_to_none(self, ("reward_model_path", "reward_fn"))
+        nulls_to_none(self, ("reward_model_path", "reward_fn", "init_adapter_path"))
         if bool(self.reward_model_path) == bool(self.reward_fn):
             raise UserError("Set exactly one of reward_model_path and reward_fn (set the other to null).")
 
@@ -98,6 +110,23 @@ def load_start_model(model_args, trust_remote_code: bool):
     tokenizer = load_tokenizer(start, model_args.model_revision, trust_remote_code)
     model = load_model(AutoModelForCausalLM, start, model_args, trust_remote_code)
     return model, tokenizer, start
+
+
+def start_adapter(model, init_adapter_path: str | None, model_args):
+    """(model, peft config for TRL): a fresh LoRA adapter as the recipe sets it, or the earlier policy's adapter
+    continued, trainable, on the same start model. Either way TRL's reference is the start model itself (the
+    adapter disabled), so an earlier round's policy keeps the SFT policy as its KL reference."""
+    if not init_adapter_path:
+        return model, peft_config(model_args)
+    start = sft_policy_path(model_args.model_name_or_path)
+    if not is_adapter_dir(init_adapter_path):
+        raise UserError(
+            f"init_adapter_path {init_adapter_path} is not a LoRA adapter folder (adapter_config.json)."
+        )
+    if not same_model_path(adapter_base_path(init_adapter_path), start):
+        raise UserError(f"init_adapter_path {init_adapter_path} is an adapter on {adapter_base_path(init_adapter_path)}, "
+                        f"not on this run's start model {start}: it must come from a run on the same SFT policy.")  # fmt: skip
+    return PeftModel.from_pretrained(model, init_adapter_path, is_trainable=True), None
 
 
 # --- on-policy sampling and scoring (GRPO, RLOO) ---------------------------------------------------------------
@@ -206,9 +235,9 @@ def train_online(stage: str, trainer_class, configs: tuple, callbacks=None) -> d
     def build_trainer(model, tokenizer, prompts, stage_callbacks):
         reward = reward_function(script_args, model_args, tokenizer, training_args.device,
                                  training_args.trust_remote_code)  # fmt: skip
+        model, lora = start_adapter(model, script_args.init_adapter_path, model_args)
         trainer = trainer_class(model=model, reward_funcs=[reward], args=training_args, train_dataset=prompts,
-                                processing_class=tokenizer, peft_config=peft_config(model_args),
-                                callbacks=stage_callbacks)  # fmt: skip
+                                processing_class=tokenizer, peft_config=lora, callbacks=stage_callbacks)  # fmt: skip
         # TRL ends an answer at every EOS id the model declares (an end-of-turn token too): so does the scorer.
         reward.eos = set(getattr(trainer, "eos_token_ids", None) or [tokenizer.eos_token_id])
         return trainer

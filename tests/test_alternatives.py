@@ -340,3 +340,39 @@ def test_dpo_in_two_processes_shards_the_pairs_and_ends_with_identical_weights(t
     pairs = load_from_disk(str(tiny_data / "preference"))["train"]
     assert_data_parallel(read_ranks(probe), len(pairs), 8)
     assert (out / "merged" / "config.json").is_file()
+
+
+def test_an_earlier_rounds_adapter_continues_and_the_start_model_stays_the_reference(tiny_sft, tmp_path):
+    """init_adapter_path (GRPO/RLOO in a round of `make rounds`): TRL gets the earlier adapter, trainable, on the
+    SFT policy, and no new LoRA config, so its reference (the adapter disabled) is the SFT policy."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from trl import ModelConfig
+
+    from pipeline.online import start_adapter
+
+    merged = tiny_sft / "merged"
+    earlier = tmp_path / "earlier"
+    torch.manual_seed(0)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(merged), LoraConfig(r=4, init_lora_weights=False)
+    )
+    lora.save_pretrained(earlier)
+    model_args = ModelConfig(model_name_or_path=str(tiny_sft), use_peft=True, lora_r=32)
+
+    fresh, config = start_adapter(AutoModelForCausalLM.from_pretrained(merged), None, model_args)
+    assert config is not None and config.r == 32 and not isinstance(fresh, PeftModel)
+    model, config = start_adapter(AutoModelForCausalLM.from_pretrained(merged), str(earlier), model_args)
+    assert config is None and isinstance(model, PeftModel)
+    saved = load_file(str(earlier / "adapter_model.safetensors"))
+    state = model.state_dict()
+    assert saved and all(
+        torch.equal(state[k.replace(".weight", ".default.weight")], v) for k, v in saved.items()
+    )
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    sft_output = AutoModelForCausalLM.from_pretrained(merged)(torch.tensor([[1, 2, 3]])).logits
+    with model.disable_adapter():
+        assert torch.equal(model(torch.tensor([[1, 2, 3]])).logits, sft_output)
+    with pytest.raises(UserError, match="not on this run's start model"):
+        start_adapter(AutoModelForCausalLM.from_pretrained(merged), str(tiny_sft), model_args)

@@ -119,6 +119,10 @@ def test_policy_against_itself_has_zero_kl_and_identical_answers(tmp_path, tiny_
     assert saved["sft_labeler_score"] == saved["ppo_labeler_score"]
     assert saved["sft_reward_model_score"] == pytest.approx(saved["ppo_reward_model_score"], abs=1e-5)
     assert saved["reward_model_accuracy"] > 0.5  # a trained reward model beats chance on held-out pairs
+    # The same model sampled with the same seed: the same K answers per prompt, so the same pairs and accuracy.
+    sft, ppo = saved["policies"]["sft"], saved["policies"]["ppo"]
+    assert sft["own_sample_pairs"] == ppo["own_sample_pairs"] > 24  # 24 prompts x up to 6 pairs, less ties
+    assert sft["rm_accuracy_on_own_samples"] == ppo["rm_accuracy_on_own_samples"] > 0.5
     # The labeler graded the answers that were saved, on the prompts they were sampled for.
     prompts = [s["prompt"] for s in samples]
     assert [s["sft_labeler_score"] for s in samples] == labeler_scores(
@@ -346,3 +350,23 @@ def test_eval_settings_hold_no_token(tmp_path, monkeypatch):
     saved = settings(args, 1)
     assert token not in json.dumps(saved) and "eval_prompts_path" not in saved
     assert saved["preference_path"] == f"{tmp_path / 'data' / 'preference'}[test]" and saved["seed"] == 0
+
+
+def miscounting_labeler(prompts, responses):
+    return [1.0] * (len(responses) - 1)
+
+
+def test_a_labeler_that_miscounts_stops_evaluation_in_one_line(
+    tmp_path, tiny_data, tiny_sft, tiny_reward, capsys
+):
+    from pipeline.common.config import run_main
+    from pipeline.evaluate import main
+
+    argv = eval_argv(tmp_path, tiny_data, tiny_sft, tiny_reward, tiny_sft, "--num_prompts", "4", "--num_pairs", "4",
+                     "--labeler", f"{__name__}:miscounting_labeler")  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main, argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert f"error: labeler {__name__}:miscounting_labeler returned 3 scores for 4 responses" in err
+    assert not (tmp_path / "eval.json").exists()

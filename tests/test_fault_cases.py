@@ -246,6 +246,19 @@ def test_ppo_nan_stop_is_one_line_with_the_right_advice(tiny_sft, tiny_data, tmp
     assert not (tmp_path / "nan").exists()
 
 
+def raising_reward(prompts, responses):
+    return {}["no such key"]
+
+
+def test_a_reward_fn_that_raises_is_one_line_naming_it_and_where(tiny_sft, tiny_data, tmp_path, capsys):
+    from pipeline.ppo import main
+
+    args = ppo_args(tiny_sft, tiny_data, tmp_path / "raise", "--reward_fn", f"{__name__}:raising_reward")
+    line = one_error_line(capsys, main, args)
+    assert f"reward_fn {__name__}:raising_reward raised KeyError: 'no such key' (at {__file__}:" in line
+    assert not (tmp_path / "raise").exists()
+
+
 # --- a full disk -----------------------------------------------------------------------------------------------
 
 

@@ -156,8 +156,11 @@ def test_a_labeler_that_raises_or_miscounts_is_one_line(tmp_path, monkeypatch):
         load_scoring_function("my_labeler:raises", "labeler")(["p", "q"], ["a", "b"])
     with pytest.raises(UserError, match="labeler my_labeler:short returned 1 scores for 2 responses"):
         load_scoring_function("my_labeler:short", "labeler")(["p", "q"], ["a", "b"])
-    with pytest.raises(UserError, match="returned inf for response 0"):
-        load_scoring_function("my_labeler:inf", "labeler")(["p"], ["a"])
+    by_id = read_comparisons(write_round(config(tmp_path), 1, comparisons()), 1, "runs/x/sft")
+    with pytest.raises(
+        UserError, match=r"my_labeler:inf's scores: row 1: field 'scores' holds a value that is not a finite"
+    ):
+        rank_with_labeler(by_id, "my_labeler:inf")
 
 
 # --- rankings -> the reward model's pairs ------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import pkgutil
 import struct
@@ -287,7 +286,8 @@ def load_scoring_function(spec: str, what: str):
 
 def call_scorer(fn, spec: str, what: str, prompts: list[str], responses: list[str]) -> list[float]:
     """`fn(prompts, responses)` (a reward function or labeler the user names as `spec`), its failures made one
-    line: an exception inside it, a wrong number of scores, or a score that is not a finite number."""
+    line: an exception inside it, a wrong number of scores, or a score that is not a number. (A NaN is the caller's
+    to judge: PPO stops on one with its own advice, a ranking refuses it by row.)"""
     try:
         scores = list(fn(prompts, responses))
     except Exception as err:  # the user's code: say where it failed, not our frames around it
@@ -300,11 +300,6 @@ def call_scorer(fn, spec: str, what: str, prompts: list[str], responses: list[st
         raise UserError(f"{what} {spec} returned {len(scores)} scores for {len(prompts)} responses; it must "
                         "return one number per response, in order.")  # fmt: skip
     try:
-        values = [float(s) for s in scores]
+        return [float(s) for s in scores]
     except (TypeError, ValueError) as err:
         raise UserError(f"{what} {spec} returned a score that is not a number ({err}).") from None
-    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-    if bad is not None:
-        raise UserError(f"{what} {spec} returned {values[bad]} for response {bad} ({responses[bad]!r:.60}); "
-                        "scores must be finite numbers.")  # fmt: skip
-    return values

@@ -277,9 +277,7 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
     elif sft_is_adapter:
         lm = PeftModel.from_pretrained(base, init or sft, adapter_name=POLICY, is_trainable=True)
         lm.load_adapter(sft, adapter_name=REF, is_trainable=False)
-    elif (
-        init
-    ):  # a plain SFT model: the reference is the base with the adapters off, the policy the given adapter
+    elif init:  # a plain SFT model: the reference is the base, adapters off; the policy the given adapter
         lm = PeftModel.from_pretrained(base, init, adapter_name=POLICY, is_trainable=True)
     else:
         lm = get_peft_model(
@@ -288,6 +286,11 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
     value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32)
     nn.init.zeros_(value_head.weight)
     nn.init.zeros_(value_head.bias)
+    earlier_head = Path(init or "") / "value_head.safetensors"
+    if (
+        init and args.value_head == "shared" and earlier_head.is_file()
+    ):  # the earlier policy's critic goes on too
+        value_head.load_state_dict({k: v.float() for k, v in load_file(str(earlier_head)).items()})
     if use_lora and args.value_head == "adapter":
         _add_value_adapter(lm, args, value_head, base_path)
     disable_dropout(lm)  # N+ details: dropout would make logprobs differ between rollout and training

@@ -126,8 +126,9 @@ class Loop:
         self.train("reward", folder / "reward", ["--dataset_path", str(folder / "preference")])
         for method in config.methods:
             overrides = ["--reward_model_path", str(folder / "reward")]
-            if method == "ppo" and n > 1 and config.policy_init == "previous":
-                overrides += ["--init_policy_path", str(config.round_dir(n - 1) / "ppo")]
+            if n > 1 and config.policy_init == "previous":
+                previous = str(config.round_dir(n - 1) / method)
+                overrides += ["--init_policy_path" if method == "ppo" else "--init_adapter_path", previous]
             self.train(method, folder / method, overrides)
         if not (folder / "eval.json").exists():
             run_dir = self.recipe.get("eval", "run_dir")

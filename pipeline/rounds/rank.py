@@ -26,6 +26,7 @@ from pipeline.rounds.config import CONFIG_TYPES
 
 
 def rank_with_labeler(comparisons: dict[str, dict], spec: str) -> list[dict]:
+    """The labeler's scores of every answer, checked as any rankings are (a NaN is named by its row)."""
     labeler = load_scoring_function(spec, "labeler")
     rows = list(comparisons.values())
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
@@ -33,10 +34,11 @@ def rank_with_labeler(comparisons: dict[str, dict], spec: str) -> list[dict]:
     out, i = [], 0
     for row in rows:
         k = len(row["responses"])
-        out.append({"id": row["id"], "prompt": row["prompt"], "responses": row["responses"],
-                    "scores": scores[i : i + k], "rater": f"labeler:{spec}"})  # fmt: skip
+        out.append(
+            {"id": row["id"], "scores": scores[i : i + k], "rater": f"labeler:{spec}", "_row": row["_row"]}
+        )
         i += k
-    return out
+    return check_rankings(Path(f"the labeler {spec}'s scores"), out, comparisons, Path("comparisons.jsonl"))
 
 
 def pair_count(rankings: list[dict]) -> int:

@@ -325,9 +325,10 @@ def test_qlora_4bit_base_trains_and_merges(tiny_sft, tiny_data, tmp_path):
 def test_a_policy_started_from_an_earlier_one_keeps_the_sft_policy_as_reference(
     tiny_sft, tiny_data, tmp_path
 ):
-    """init_policy_path (a round of `make rounds`): the trained adapter is the earlier policy's, the reference the
-    SFT adapter; an adapter on another base, or a plain model where LoRA trains, is refused by name."""
+    """init_policy_path (a round of `make rounds`): the trained adapter and the value head are the earlier policy's,
+    the reference the SFT adapter; a missing folder, or a plain model where LoRA trains, is refused by name."""
     from peft import PeftModel
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
     from trl import ModelConfig
 
@@ -345,6 +346,8 @@ def test_a_policy_started_from_an_earlier_one_keeps_the_sft_policy_as_reference(
             if "lora_B" in name:
                 param.add_(0.01)
     model.save_pretrained(earlier)
+    head = {"weight": torch.full((1, model.config.hidden_size), 0.5), "bias": torch.tensor([1.5])}
+    save_file(head, str(earlier / "value_head.safetensors"))  # the earlier policy's critic
 
     def build(init: str):
         args = PPOConfig(output_dir=str(tmp_path / "out"), sft_model_path=str(tiny_sft), init_policy_path=init,
@@ -363,6 +366,9 @@ def test_a_policy_started_from_an_earlier_one_keeps_the_sft_policy_as_reference(
         assert torch.equal(state[f"{stem}.{POLICY}.weight"], value), key
         assert torch.equal(state[f"{stem}.{REF}.weight"], sft[key]), key
         assert not torch.equal(value, sft[key]) or "lora_A" in key
+    assert torch.equal(policy.value_head.weight, head["weight"]) and torch.equal(
+        policy.value_head.bias, head["bias"]
+    )
     with pytest.raises(UserError, match="does not exist"):
         build(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="is a plain model, but this run trains LoRA"):
