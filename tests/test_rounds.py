@@ -163,6 +163,37 @@ def test_a_labeler_that_raises_or_miscounts_is_one_line(tmp_path, monkeypatch):
         rank_with_labeler(by_id, "my_labeler:inf")
 
 
+def test_make_rank_from_a_file_keeps_it_whole_or_not_at_all(tmp_path, capsys):
+    from pipeline.common.config import run_main
+    from pipeline.rounds.rank import main
+
+    cfg = config(tmp_path)
+    by_id = read_comparisons(write_round(cfg, 1, comparisons()), 1, "runs/x/sft")
+    argv = ["--output_dir", cfg.output_dir, "--sft_model_path", "runs/x/sft", "--prompts_path", "p", "--round", "1",
+            "--labeler", "null", "--from_file", str(tmp_path / "ranks.jsonl")]  # fmt: skip
+    first, second = list(by_id)[:2]
+    lines = [{"id": first, "ranks": [2, 1, 1, 4]}, {"id": second, "ranks": [1, 2, 3, 9]}]
+    (tmp_path / "ranks.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(SystemExit):
+        run_main(main, argv)
+    assert "row 2: ranks [1, 2, 3, 9] out of range" in capsys.readouterr().err
+    assert not (cfg.round_dir(1) / RANKED).exists()  # nothing half-imported
+    lines[1]["ranks"] = [1, 2, 3, 3]
+    (tmp_path / "ranks.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    main(argv)
+    ranked = [json.loads(line) for line in (cfg.round_dir(1) / RANKED).read_text().splitlines()]
+    assert [r["ranks"] for r in ranked] == [[2, 1, 1, 4], [1, 2, 3, 3]] and ranked[0]["responses"] == by_id[
+        first
+    ]["responses"]
+    assert "2 prompts ranked by the file" in capsys.readouterr().out
+    with pytest.raises(UserError, match="exists already"):
+        main(argv)
+    # no labeler and no file: say how to rank
+    (cfg.round_dir(1) / RANKED).unlink()
+    with pytest.raises(UserError, match="make rank ROUND=1 FROM=file.jsonl"):
+        main(argv[:-2])
+
+
 # --- rankings -> the reward model's pairs ------------------------------------------------------------------
 
 

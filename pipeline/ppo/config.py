@@ -86,8 +86,8 @@ class PPOConfig(TrainingArguments):
     )
     init_policy_path: str | None = field(
         default=None,
-        metadata={"help": "start the policy from this one instead (an earlier PPO run's output on the same SFT model: "
-                  "a round of `make rounds`); the KL reference stays the SFT policy. None: the SFT policy"},
+        metadata={"help": "start the policy (and its value head) from this one instead: an earlier PPO run's output on "
+                  "the same SFT model, a round of `make rounds`; the KL reference stays the SFT policy. None: the SFT policy"},
     )  # fmt: skip
     reward_model_path: str | None = field(
         default=None,

@@ -5,8 +5,9 @@ Round n, each step in `<output_dir>/<n>/`:
     rank        the labeler ranks them (or a person, or an imported file: `ranked.jsonl` either way)
     preference  every round's rankings so far as pairs (+ the recipe's own pairs), each round's held-out slice apart
     reward      the reward stage on those pairs, from the SFT model as always
-    ppo         PPO against that reward model, from the previous round's policy (policy_init) or the SFT policy;
-                the KL reference is always the SFT policy (grpo, rloo too when `methods` names them)
+    ppo         PPO against that reward model, from the previous round's policy and value head (policy_init:
+                previous) or the SFT policy; the KL reference is always the SFT policy (grpo, rloo too when
+                `methods` names them: each continues its own previous adapter)
     eval        every policy of the round evaluated with the round's reward model: `<n>/eval.json`
 Then the table of rounds goes to `<run>/eval.json` (`rounds`) and `<output_dir>/report.md`.
 
@@ -130,7 +131,9 @@ class Loop:
                 previous = str(config.round_dir(n - 1) / method)
                 overrides += ["--init_policy_path" if method == "ppo" else "--init_adapter_path", previous]
             self.train(method, folder / method, overrides)
-        if not (folder / "eval.json").exists():
+        if not all(
+            (folder / name).exists() for name in ("eval.json", "report.md")
+        ):  # report.md is written last
             run_dir = self.recipe.get("eval", "run_dir")
             eval_prompts = (config.eval_prompts_path or self.recipe.get("eval", "eval_prompts_path")
                             or str(Path(run_dir) / "data" / "eval_prompts"))  # fmt: skip
