@@ -281,13 +281,13 @@ def small_recipe(tmp_path: Path, data: Path, sft: Path) -> Path:
     sizes = {
         "sft": {"output_dir": str(sft), "dataset_path": str(data / "sft")},
         "reward": {"max_steps": 6, "save_strategy": "no", "disable_tqdm": True},
-        "ppo": {"sft_model_path": str(sft), "prompts_path": str(data / "prompts"), "total_episodes": 32,
+        "ppo": {"sft_model_path": str(sft), "prompts_path": str(data / "prompts"), "total_episodes": 64,
                 "eval_prompts_path": str(data / "eval_prompts"), "eval_every": 0, "save_steps": 0,
                 "sample_every": 0},
         "eval": {"run_dir": str(run), "num_prompts": 16, "own_samples_num_prompts": 8, "num_report_samples": 2},
         "rounds": {"output_dir": str(run / "rounds"), "sft_model_path": str(sft), "prompts_path": str(data / "prompts"),
                    "eval_prompts_path": str(data / "eval_prompts"), "original_preference_path": str(data / "preference"),
-                   "num_prompts": 12, "responses_per_prompt": 3, "heldout_fraction": 0.25},
+                   "num_prompts": 12, "responses_per_prompt": 3, "heldout_fraction": 0.25, "ppo_total_episodes": 32},
     }  # fmt: skip
     for stage, changes in sizes.items():
         values = yaml.safe_load((REPO / "recipes/tiny" / f"{stage}.yaml").read_text())
@@ -335,7 +335,7 @@ def test_two_rounds_collect_rank_retrain_and_rl_again_resumably(tmp_path, tiny_d
     ] == 2
     ppo = json.loads((rounds / "2" / "ppo" / "run.json").read_text())["config"]
     assert ppo["init_policy_path"] == str(rounds / "1" / "ppo") and ppo["sft_model_path"] == str(tiny_sft)
-    assert ppo["reward_model_path"] == str(rounds / "2" / "reward")
+    assert ppo["reward_model_path"] == str(rounds / "2" / "reward") and ppo["total_episodes"] == 32
     data = load_from_disk(str(rounds / "2" / "preference"))
     assert {"round_1", "round_2"} <= set(data)
     reward = json.loads((rounds / "2" / "reward" / "eval_results.json").read_text())

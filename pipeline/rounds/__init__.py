@@ -11,8 +11,9 @@ Round n, each step in `<output_dir>/<n>/`:
     eval        every policy of the round evaluated with the round's reward model: `<n>/eval.json`
 Then the table of rounds goes to `<run>/eval.json` (`rounds`) and `<output_dir>/report.md`.
 
-The loop runs each stage as its own process, under the launcher `make` gives it (`accelerate launch ...` or
-python), and skips what is finished: a killed loop continues at the stage it was in (a stage with checkpoints
+The loop runs each training stage and the evaluation as its own process, under the launcher `make` gives it
+(`accelerate launch ...` or python; collecting and ranking run in the loop's own process unless launched), and
+skips what is finished: a killed loop continues at the stage it was in (a stage with checkpoints
 resumes from its latest). What round 1 needs is built first when missing: the data, the base model (offline
 recipes), the SFT policy.
 
@@ -33,6 +34,7 @@ from pipeline.analysis.rounds import round_record, write_rounds_report
 from pipeline.common.config import ConfigError, UserError, parse_config, read_yaml
 from pipeline.common.models import same_model_path
 from pipeline.common.outputs import RUN_FILE, list_checkpoints, write_file_atomically
+from pipeline.rounds import collect, rank
 from pipeline.rounds.comparisons import COMPARISONS, RANKED, read_jsonl
 from pipeline.rounds.config import CONFIG_TYPES, RoundsConfig
 from pipeline.rounds.preference import build_preference, round_pairs
@@ -115,18 +117,27 @@ class Loop:
         config, folder = self.config, self.config.round_dir(n)
         step = [*self.passthrough, "--round", str(n)]
         if not (folder / COMPARISONS).exists():
-            self.run(f"round {n} collect", [*self.launch, "pipeline.rounds.collect", *step])
+            if (
+                self.launch == self.python
+            ):  # one process: sample here, not in a new interpreter (~6 s a round)
+                self.say(f"round {n} collect")
+                collect.main(step)
+            else:
+                self.run(f"round {n} collect", [*self.launch, "pipeline.rounds.collect", *step])
         if not (folder / RANKED).exists():
             if not config.labeler:
                 self.say(f"Round {n}'s comparisons are in {folder / COMPARISONS}. Rank them (make label ROUND={n}, "
                          f"or make rank ROUND={n} FROM=file), then run the rounds again to go on.")  # fmt: skip
                 return False
-            self.run(f"round {n} rank", [*self.python, "pipeline.rounds.rank", *step])
+            self.say(f"round {n} rank")
+            rank.main(step)
         if not (folder / "preference").exists():
             build_preference(config, n)
         self.train("reward", folder / "reward", ["--dataset_path", str(folder / "preference")])
         for method in config.methods:
             overrides = ["--reward_model_path", str(folder / "reward")]
+            if method == "ppo" and config.ppo_total_episodes:
+                overrides += ["--total_episodes", str(config.ppo_total_episodes)]
             if n > 1 and config.policy_init == "previous":
                 previous = str(config.round_dir(n - 1) / method)
                 overrides += ["--init_policy_path" if method == "ppo" else "--init_adapter_path", previous]

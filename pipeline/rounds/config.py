@@ -75,6 +75,12 @@ class RoundsConfig:
         metadata={"help": "what the policy of round n > 1 starts from: 'previous' (the policy round n-1 ended with) "
                   "or 'sft'; the KL reference is always the SFT policy"},
     )  # fmt: skip
+    ppo_total_episodes: int | None = field(
+        default=None,
+        metadata={"help": "PPO's episodes in each round (null: ppo.yaml's total_episodes). Fewer than a lone PPO run's: "
+                  "each round goes on from the last, and a policy that moves less past the answers its reward model "
+                  "was trained on leaves that reward model less to be wrong about"},
+    )  # fmt: skip
     methods: list[str] = field(
         default_factory=lambda: ["ppo"],
         metadata={
