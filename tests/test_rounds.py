@@ -280,7 +280,7 @@ def small_recipe(tmp_path: Path, data: Path, sft: Path) -> Path:
     run = tmp_path / "run"
     sizes = {
         "sft": {"output_dir": str(sft), "dataset_path": str(data / "sft")},
-        "reward": {"max_steps": 6, "save_strategy": "no", "disable_tqdm": True},
+        "reward": {"model_name_or_path": str(sft), "max_steps": 6, "save_strategy": "no", "disable_tqdm": True},
         "ppo": {"sft_model_path": str(sft), "prompts_path": str(data / "prompts"), "total_episodes": 64,
                 "eval_prompts_path": str(data / "eval_prompts"), "eval_every": 0, "save_steps": 0,
                 "sample_every": 0},

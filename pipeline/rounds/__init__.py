@@ -69,6 +69,10 @@ class Loop:
         self.config, self.recipe, self.passthrough = config, recipe, passthrough
         self.launch = shlex.split(loop.launch) if loop.launch else [sys.executable, "-m"]
         self.python = [sys.executable, "-m"]
+        # launched as plain python (make's default): collecting needs no interpreter of its own
+        self.single_process = (
+            len(self.launch) == 2 and Path(self.launch[0]).resolve() == Path(sys.executable).resolve()
+        )
         self.start = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -117,17 +121,15 @@ class Loop:
         config, folder = self.config, self.config.round_dir(n)
         step = [*self.passthrough, "--round", str(n)]
         if not (folder / COMPARISONS).exists():
-            if (
-                self.launch == self.python
-            ):  # one process: sample here, not in a new interpreter (~6 s a round)
+            if self.single_process:  # sample here, not in a new interpreter (~6 s a round)
                 self.say(f"round {n} collect")
                 collect.main(step)
             else:
                 self.run(f"round {n} collect", [*self.launch, "pipeline.rounds.collect", *step])
         if not (folder / RANKED).exists():
             if not config.labeler:
-                self.say(f"Round {n}'s comparisons are in {folder / COMPARISONS}. Rank them (make label ROUND={n}, "
-                         f"or make rank ROUND={n} FROM=file), then run the rounds again to go on.")  # fmt: skip
+                self.say(f"Round {n}'s comparisons are in {folder / COMPARISONS}. Rank them in any tool and import "
+                         f"the rankings (make rank ROUND={n} FROM=file), then run the rounds again to go on.")  # fmt: skip
                 return False
             self.say(f"round {n} rank")
             rank.main(step)

@@ -6,7 +6,7 @@
 `ranked.jsonl`, one line per ranked prompt, the `ranked` format data_prep converts (`python -m data_prep convert
 --format ranked`), keyed by the comparison's id:
     {"id": ..., "prompt": ..., "responses": [...], "scores": [...] or "ranks": [1 = best, ...], "rater": ...}
-Whoever ranked (the labeler, a person on the labeling page, another tool's export), the file is the same, so
+Whoever ranked (the labeler, a person, another tool's export), the file is the same, so
 nothing after ranking cares who did it.
 """
 

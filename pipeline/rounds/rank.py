@@ -71,8 +71,8 @@ def main(args=None):
         rankings = rank_with_labeler(comparisons, config.labeler)
         rater = f"the labeler {config.labeler}"
     else:
-        raise UserError(f"Round {n} has no labeler (rounds.yaml: labeler) and no rankings file: rank it on the "
-                        f"labeling page, or pass one (make rank ROUND={n} FROM=file.jsonl).")  # fmt: skip
+        raise UserError(f"Round {n} has no labeler (rounds.yaml: labeler) and no rankings file: rank its "
+                        f"comparisons in any tool and pass the rankings (make rank ROUND={n} FROM=file.jsonl).")  # fmt: skip
     write_jsonl(out, rankings)
     unranked = len(comparisons) - len(rankings)
     print(f"Round {n}: {len(rankings)} prompts ranked by {rater} ({pair_count(rankings)} preference pairs"
