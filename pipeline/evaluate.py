@@ -37,7 +37,7 @@ from pipeline.common.models import (
     load_scoring_function,
     load_tokenizer,
 )
-from pipeline.common.outputs import ALTERNATIVES
+from pipeline.common.outputs import ALTERNATIVES, write_file_atomically
 from pipeline.common.tables import number
 from pipeline.lm.logprobs import sequence_logprobs
 from pipeline.lm.sampling import (
@@ -437,7 +437,13 @@ def write_outputs(args: EvalArguments, result: dict, records: list[dict], tracke
     ppo_run = tracking.read_identity(Path(args.ppo_model_path) / tracking.IDENTITY_FILE)
     config = {f"eval/{k}": v for k, v in tracking.public_config(args).items()}
     tracker = tracking.start(trackers, "eval", run, args, config, ppo_run)
-    (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    previous = run / "eval.json"
+    if previous.is_file() and "rounds" not in result:
+        # the rounds' table describes rounds/, which a new evaluation of the run leaves as it was
+        rounds = json.loads(previous.read_text()).get("rounds")
+        if rounds:
+            result["rounds"] = rounds
+    write_file_atomically(run / "eval.json", json.dumps(result, indent=2) + "\n")
     with open(run / "eval_samples.jsonl", "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
