@@ -12,6 +12,7 @@ from data_prep.config import DataConfig
 from data_prep.sources import convert_recipe_data
 from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
 from pipeline.analysis.health import few_prompts_warning
+from pipeline.common.lock import one_writer
 from pipeline.common.outputs import write_atomically
 
 INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row reports, next to the data sets
@@ -19,6 +20,11 @@ INFO_FILE = "data_info.json"  # sizes, labeler statistics and dropped-row report
 
 def build(config: DataConfig) -> dict:
     """Write every data set of `config` into `config.output_dir` atomically; returns the summary it saved."""
+    with one_writer(config.output_dir, "data"):
+        return _build(config)
+
+
+def _build(config: DataConfig) -> dict:
     start = time.perf_counter()
     if config.source == "builtin":
         (datasets, info), reports = generate_builtin(config), []

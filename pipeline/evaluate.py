@@ -31,6 +31,7 @@ from pipeline.analysis.summary import own_sample_pairs, summarize
 from pipeline.common import tracking
 from pipeline.common.config import ConfigError, UserError, nulls_to_none, parse_config, required, run_main
 from pipeline.common.data import read_saved
+from pipeline.common.lock import one_writer
 from pipeline.common.models import (
     check_model_dir,
     load_policy_for_inference,
@@ -393,42 +394,47 @@ def main(args=None):
     prompts, pairs = load_inputs(eval_args)
 
     state = distributed_state()
-    seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
-    policies = policy_paths(eval_args)
-    for stage in eval_args.alternatives:  # the alternatives found in the run, whole (check_inputs did PPO's)
-        if stage in policies:
-            check_model_dir(policies[stage])
-    # rm_accuracy_on_own_samples: the first own_samples_num_prompts prompts, each rank K answers to its share
-    own = ordered_share(prompts[: eval_args.own_samples_num_prompts], state) if labeler else []
-    with state.split_between_processes(prompts, apply_padding=True) as shard:
-        records, groups = evaluate_policies(
-            eval_args, model_args, list(shard), state.device, seed, policies, own
+    with one_writer(eval_args.run_dir, "eval", state.is_main_process):  # eval.json, report.md, plots/
+        seed = eval_args.seed + state.process_index  # same seed for both policies; distinct streams per rank
+        policies = policy_paths(eval_args)
+        for (
+            stage
+        ) in eval_args.alternatives:  # the alternatives found in the run, whole (check_inputs did PPO's)
+            if stage in policies:
+                check_model_dir(policies[stage])
+        # rm_accuracy_on_own_samples: the first own_samples_num_prompts prompts, each rank K answers to its share
+        own = ordered_share(prompts[: eval_args.own_samples_num_prompts], state) if labeler else []
+        with state.split_between_processes(prompts, apply_padding=True) as shard:
+            records, groups = evaluate_policies(
+                eval_args, model_args, list(shard), state.device, seed, policies, own
+            )
+        scorer = (
+            f"the function {eval_args.reward_fn}"
+            if eval_args.reward_fn
+            else f"the reward model {eval_args.reward_model_path}"
         )
-    scorer = (
-        f"the function {eval_args.reward_fn}"
-        if eval_args.reward_fn
-        else f"the reward model {eval_args.reward_model_path}"
-    )
-    log(f"scoring answers with {scorer}" + (" and the labeler" if labeler else ""))
-    reward_model = RewardScorer(eval_args.reward_model_path, eval_args.reward_fn, model_args, state.device,
-                                eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
-    score_records(records, reward_model, labeler, ["sft", *policies])
-    if labeler:
-        log("reward-model accuracy on pairs of each policy's own answers")
-        score_groups(groups, reward_model, labeler)
-    own_pairs = {name: own_sample_pairs(gather_object(groups.get(name, []))) for name in ["sft", *policies]}
-    log(f"reward-model accuracy on {len(pairs)} held-out pairs")
-    chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)
-    margins = [c - r for c, r in zip(chosen, rejected)]
-    # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
-    records = gather_object(records)[: len(prompts)]
+        log(f"scoring answers with {scorer}" + (" and the labeler" if labeler else ""))
+        reward_model = RewardScorer(eval_args.reward_model_path, eval_args.reward_fn, model_args, state.device,
+                                    eval_args.batch_size, eval_args.trust_remote_code)  # fmt: skip
+        score_records(records, reward_model, labeler, ["sft", *policies])
+        if labeler:
+            log("reward-model accuracy on pairs of each policy's own answers")
+            score_groups(groups, reward_model, labeler)
+        own_pairs = {
+            name: own_sample_pairs(gather_object(groups.get(name, []))) for name in ["sft", *policies]
+        }
+        log(f"reward-model accuracy on {len(pairs)} held-out pairs")
+        chosen, rejected, _ = sharded_pair_scores(reward_model, pairs, state)
+        margins = [c - r for c, r in zip(chosen, rejected)]
+        # Shards are contiguous and the last one padded by repeating its end: the first n gathered items are exact.
+        records = gather_object(records)[: len(prompts)]
 
-    result = summarize(records, margins, eval_args, state.num_processes, chosen, policies, own_pairs)
-    if state.is_main_process:
-        write_outputs(eval_args, result, records, trackers)
-    state.wait_for_everyone()
-    state.destroy_process_group()  # before exit: a live gloo/NCCL group can abort interpreter shutdown
-    return result
+        result = summarize(records, margins, eval_args, state.num_processes, chosen, policies, own_pairs)
+        if state.is_main_process:
+            write_outputs(eval_args, result, records, trackers)
+        state.wait_for_everyone()
+        state.destroy_process_group()  # before exit: a live gloo/NCCL group can abort interpreter shutdown
+        return result
 
 
 def write_outputs(args: EvalArguments, result: dict, records: list[dict], trackers: list[str] = ()) -> None:

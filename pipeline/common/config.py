@@ -20,6 +20,8 @@ from pathlib import Path
 import yaml
 from trl import TrlParser
 
+from pipeline.common.preemption import STOPPED_EXIT_CODE, Stopped
+
 
 class UserError(ValueError):
     """A user mistake (config, data, paths): reported as one clear line, never a bare traceback."""
@@ -272,10 +274,15 @@ def is_main_rank() -> bool:
 def run_main(main, args: Sequence[str] | None = None):
     """Run a stage's main with user mistakes reported as one `error:` line (exit code 2) instead of a traceback.
 
-    Under `accelerate launch` every rank raises the same error; rank 0 prints it and every rank exits.
+    Under `accelerate launch` every rank raises the same error; rank 0 prints it and every rank exits. A stage
+    stopped by a signal (pipeline/common/preemption.py) prints its one line and exits with STOPPED_EXIT_CODE.
     RLHF_DEBUG=1 shows the full traceback instead."""
     try:
         return main(args)
+    except Stopped as stopped:  # a scheduler's signal: the checkpoint is saved, the job can be requeued
+        if is_main_rank():
+            print(str(stopped), flush=True)
+        raise SystemExit(STOPPED_EXIT_CODE) from None
     except Exception as err:
         user_error = as_user_error(err)
         if user_error is None or os.environ.get("RLHF_DEBUG", "0") not in ("", "0"):

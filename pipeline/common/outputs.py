@@ -31,6 +31,8 @@ STAGES = ("base", "sft", "reward", "ppo", *ALTERNATIVES)
 
 RESUME_LATEST = ("true", "latest")
 RESUME_NEVER = ("", "false", "none", "null")
+# the newest checkpoint when there is one, else afresh: one command for a job's start and its requeue
+RESUME_AUTO = "auto"
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -63,6 +65,9 @@ def resolve_resume(
     """`resume_from_checkpoint` -> the checkpoint folder to resume from, or None to start afresh."""
     if value is None or value is False or str(value).strip().lower() in RESUME_NEVER:
         return None
+    if str(value).strip().lower() == RESUME_AUTO:  # a requeued job: go on where it stopped, or start
+        found = list_checkpoints(output_dir, complete)
+        return found[-1] if found else None
     if value is True or str(value).strip().lower() in RESUME_LATEST:
         found = list_checkpoints(output_dir, complete)
         if found:
@@ -75,7 +80,7 @@ def resolve_resume(
     if not path.is_dir() or not complete(path):
         raise UserError(
             f"resume_from_checkpoint {value}: not a checkpoint folder. Use true (the newest checkpoint of this "
-            f"run), false (start afresh), or the path of a checkpoint-N folder under {checkpoints_dir(output_dir)}."
+            f"run), auto (the newest if any, else afresh), false (start afresh), or the path of a checkpoint-N folder under {checkpoints_dir(output_dir)}."
         )
     return path
 

@@ -27,6 +27,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from trl import ModelConfig, get_peft_config
 
 from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.lock import one_writer
 from pipeline.common.models import is_quantized, merge_adapter
 from pipeline.common.outputs import (
     check_run,
@@ -39,6 +40,7 @@ from pipeline.common.outputs import (
     start_run,
     write_run,
 )
+from pipeline.common.preemption import Stopped, StopRequest
 from pipeline.common.tracking import TrackerCallback
 
 
@@ -104,10 +106,12 @@ def run_trainer_stage(stage: str, configs: tuple, *, load_data: Callable, build_
 
     1. The run's identity (its `run.json`) and its tracker (a missing tracker package fails here, first).
     2. `load_data()`: the stage reads and checks its data, before anything is written.
-    3. The resume rule and the run record (`begin_run`): a run refuses a folder or a checkpoint of another run.
+    3. The folder's lock (`one_writer`: no other run writes it meanwhile), the resume rule and the run record
+       (`begin_run`): a run refuses a folder another run is writing, or a folder or a checkpoint of another run.
     4. `build_trainer(data, resume, callbacks)` -> the stage's trainer, given `callbacks`: the caller's, the
        tracker, the NaN/Inf stop. From here on `training_args.output_dir` is the checkpoint folder.
-    5. Training, resumed from `resume` when asked, inside `training_context(trainer)` when given.
+    5. Training, resumed from `resume` when asked, inside `training_context(trainer)` when given. A scheduler's
+       signal ends it after the step in progress with a checkpoint (`StopOnSignal`), publishing nothing.
     6. `measure(trainer, train_result, resume)` -> the metrics, saved as `eval_results.json`.
     7. The artifact (`save_artifact`): `fill_artifact(trainer, folder, metrics)` writes the stage's files.
     8. The tracker closes, the checkpoints go (unless keep_checkpoints), the process group ends.
@@ -117,19 +121,30 @@ def run_trainer_stage(stage: str, configs: tuple, *, load_data: Callable, build_
     tracker = TrackerCallback(stage, training_args.output_dir, training_args, script_args, *more_configs)
     data = load_data()
     final_dir = Path(training_args.output_dir)
-    resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
-    begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
-    training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never into final_dir
+    _ = training_args.device  # the process group: every rank agrees on the lock
+    with one_writer(final_dir, stage, training_args.process_index == 0):
+        resume = resolve_resume(training_args.resume_from_checkpoint, final_dir)
+        begin_run(identity, final_dir, resume, script_args.overwrite_output_dir, training_args)
+        training_args.output_dir = str(checkpoints_dir(final_dir))  # checkpoint-N/ go here, never final_dir
 
-    trainer = build_trainer(data, resume, [*(callbacks or []), tracker, StopOnNonFinite(final_dir)])
-    report_engine(trainer.accelerator)
-    with training_context(trainer) if training_context else contextlib.nullcontext():
-        train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
-    metrics = measure(trainer, train_result, resume)
+        stop = StopOnSignal()
+        trainer = build_trainer(data, resume, [*(callbacks or []), tracker, StopOnNonFinite(final_dir), stop])
+        report_engine(trainer.accelerator)
+        with (
+            stop.request.installed(),
+            training_context(trainer) if training_context else contextlib.nullcontext(),
+        ):
+            train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        if stop.stopped_at is not None:  # checkpointed by the Trainer at that step; nothing is published
+            tracker.finish()
+            trainer.model_wrapped = trainer.model  # as finish_training, keeping the checkpoints
+            end_distributed(trainer.accelerator)
+            raise Stopped(stop.request.signal_name, stop.stopped_at, list_checkpoints(final_dir)[-1])
+        metrics = measure(trainer, train_result, resume)
 
-    save_artifact(trainer, final_dir, identity, metrics, fill_artifact)
-    tracker.finish()
-    finish_training(trainer, final_dir, script_args.keep_checkpoints)
+        save_artifact(trainer, final_dir, identity, metrics, fill_artifact)
+        tracker.finish()
+        finish_training(trainer, final_dir, script_args.keep_checkpoints)
     return metrics
 
 
@@ -191,6 +206,20 @@ def local_loading_from_now_on() -> None:
     must load plain weights, not partition them across ranks as every load does under ZeRO-3 (a collective that
     would wait forever for the other ranks)."""
     unset_hf_deepspeed_config()
+
+
+class StopOnSignal(TrainerCallback):
+    """A scheduler's signal (pipeline/common/preemption.py): the Trainer ends the step it is in, saves a normal
+    checkpoint and stops; every rank agrees at each step end, so all stop at the same step."""
+
+    def __init__(self):
+        self.request = StopRequest()
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.request.agreed(args.device) and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_save = control.should_training_stop = True
 
 
 class StopOnNonFinite(TrainerCallback):

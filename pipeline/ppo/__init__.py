@@ -9,6 +9,7 @@ from __future__ import annotations
 from trl import ModelConfig
 
 from pipeline.common.config import parse_config
+from pipeline.common.lock import one_writer
 from pipeline.ppo.config import PPOConfig
 from pipeline.ppo.trainer import PPOTrainer
 
@@ -17,8 +18,10 @@ CONFIG_TYPES: tuple[type, ...] = (PPOConfig, ModelConfig)
 
 def main(args=None):
     ppo_args, model_args = parse_config(CONFIG_TYPES, args)
-    trainer = PPOTrainer(ppo_args, model_args)
-    trainer.train()
+    _ = ppo_args.device  # the process group: every rank agrees on the lock
+    with one_writer(ppo_args.output_dir, "ppo", ppo_args.process_index == 0):
+        trainer = PPOTrainer(ppo_args, model_args)
+        trainer.train()
     return trainer
 
 

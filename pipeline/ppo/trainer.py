@@ -26,6 +26,7 @@ from pipeline.common import outputs, tracking
 from pipeline.common.config import NonFiniteError, UserError
 from pipeline.common.data import load_prompts
 from pipeline.common.models import load_scoring_function, load_tokenizer
+from pipeline.common.preemption import Stopped, StopRequest
 from pipeline.common.training import end_distributed, report_engine
 from pipeline.lm.logprobs import response_logprobs, sampled_logits
 from pipeline.lm.sampling import (
@@ -128,6 +129,7 @@ class PPOTrainer:
         self.step, self.episode = 0, 0
         self.collapse_watch = CollapseWatch()
         self.timer = PhaseTimer(acc.device, args.log_timing)
+        self.stop = StopRequest()  # its signal handlers are installed while train() runs
         if acc.is_main_process:
             outputs.start_run(self.identity, self.output_dir, self.resume)
         acc.wait_for_everyone()
@@ -285,6 +287,10 @@ class PPOTrainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
+        with self.stop.installed():  # SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, stop (Stopped)
+            self._train()
+
+    def _train(self) -> None:
         args, acc, timer = self.args, self.accelerator, self.timer
         state = {}
         if self.resume is not None:
@@ -333,13 +339,17 @@ class PPOTrainer:
                     break
                 if args.sample_every and (self.step % args.sample_every == 0 or last):
                     self.held_out.log_samples(self.model, self.step, self.tracking)
-                if save_every and self.step % save_every == 0:
-                    checkpoint.save_checkpoint(
-                        acc, self.output_dir, self.step,
-                        {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
-                         "tracking": self.tracking.identity},
-                        self.model, self.optimizer, self.scheduler, args.save_total_limit, self.sharded,
-                    )  # fmt: skip
+                saved = bool(save_every and self.step % save_every == 0)
+                if saved:
+                    self._save_checkpoint()
+                if self.stop.agreed(acc.device) and not last:  # a scheduler's signal: this step, then stop
+                    if not saved:
+                        self._save_checkpoint()
+                    self.tracking.finish()
+                    end_distributed(acc)
+                    raise Stopped(
+                        self.stop.signal_name, self.step, checkpoint.latest_checkpoint(self.output_dir)
+                    )
         # Evaluation adds its figures to this tracker run, at its last step.
         tracker_identity = {**self.tracking.identity, "step": self.step} if self.tracking.identity else None
         save_final(acc, self.model, self.tokenizer, args, self.identity, tracker_identity, self.sharded)
@@ -348,6 +358,12 @@ class PPOTrainer:
             outputs.remove_checkpoints(self.output_dir)
         self.model = acc.unwrap_model(self.model)  # the DDP wrapper goes before the process group
         end_distributed(acc)
+
+    def _save_checkpoint(self) -> None:
+        state = {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
+                 "tracking": self.tracking.identity}  # fmt: skip
+        checkpoint.save_checkpoint(self.accelerator, self.output_dir, self.step, state, self.model, self.optimizer,
+                                   self.scheduler, self.args.save_total_limit, self.sharded)  # fmt: skip
 
     # --- logging --------------------------------------------------------------------------------------------
     def _metrics(self, rollout: Rollout, stats: dict, start_time: float, start_episode: int) -> dict:

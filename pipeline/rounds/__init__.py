@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pipeline.analysis.rounds import round_record, write_rounds_report
 from pipeline.common.config import ConfigError, UserError, parse_config, read_yaml
+from pipeline.common.lock import one_writer
 from pipeline.common.models import same_model_path
 from pipeline.common.outputs import RUN_FILE, list_checkpoints, write_file_atomically
 from pipeline.rounds import collect, rank
@@ -206,13 +207,14 @@ def main(args=None):
     if loop.rounds < 1:
         raise ConfigError("rounds must be at least 1.")
     runner = Loop(config, loop, recipe, passthrough)
-    runner.prepare()
-    done = 0
-    for n in range(1, loop.rounds + 1):
-        if not runner.round(n):
-            break
-        done = n
-        runner.publish(runner.summarize(done))
+    with one_writer(config.output_dir, "rounds"):  # one loop at a time; each stage locks its own folder too
+        runner.prepare()
+        done = 0
+        for n in range(1, loop.rounds + 1):
+            if not runner.round(n):
+                break
+            done = n
+            runner.publish(runner.summarize(done))
     return done
 
 
