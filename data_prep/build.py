@@ -12,6 +12,7 @@ from data_prep.config import DataConfig
 from data_prep.sources import convert_recipe_data
 from data_prep.validate import DROPPED_FILE, dropped_note, write_dropped
 from pipeline.analysis.health import few_prompts_warning
+from pipeline.common.config import UserError
 from pipeline.common.lock import one_writer
 from pipeline.common.outputs import write_atomically
 
@@ -31,6 +32,7 @@ def _build(config: DataConfig) -> dict:
     else:
         datasets, info, reports = convert_recipe_data(config)
 
+    check_none_empty(datasets, info)
     info["eval_prompt_count"] = n_eval = len(datasets["eval_prompts"])
     if warning := few_prompts_warning(n_eval):  # data_info.json holds the count and the warning
         info.setdefault("warnings", []).append(warning)
@@ -45,6 +47,34 @@ def _build(config: DataConfig) -> dict:
 
     write_atomically(config.output_dir, fill, overwrite=config.overwrite)
     return info
+
+
+# The data sets a later stage reads (the stage that refuses them empty, for the message).
+NEEDED = {("sft", "train"): "SFT", ("preference", "train"): "the reward stage and DPO",
+          ("preference", "test"): "the reward stage's and evaluation's held-out accuracy",
+          ("prompts", None): "PPO, GRPO, RLOO and the rounds", ("eval_prompts", None): "evaluation"}  # fmt: skip
+
+
+def check_none_empty(datasets: dict, info: dict) -> None:
+    """Stop at `make data`, not in a later stage, when a data set that stage needs came out empty."""
+    for (name, split), reader in NEEDED.items():
+        data = datasets.get(name)
+        if data is None or len(data[split] if split else data):
+            continue
+        label = f"{name}/{split}" if split else name
+        removed = info.get("eval_prompts_removed_as_seen_in_train", 0)
+        if name == "eval_prompts" and removed:
+            raise UserError(
+                f"the data build leaves {label} empty: all held-out prompts ({removed}) also appear in training (the "
+                "preference train split, the demonstrations or the RL prompts), and evaluation never uses a prompt "
+                "that training saw. Give evaluation prompts of their own (eval_prompts_data), or hold out prompts "
+                "that training never sees (a preference test split whose prompts are not in train)."
+            )
+        raise UserError(
+            f"the data build leaves {label} empty, which {reader} cannot run without. Check the input it comes "
+            "from (the file, its column mapping, rows dropped as invalid) and the recipe's size settings (num_*, "
+            "test_fraction)."
+        )
 
 
 def describe_data(info: dict, output_dir: str) -> str:

@@ -311,3 +311,30 @@ def test_build_lists_every_dropped_row_and_globs_name_the_file(tmp_path, capsys)
           "--num_pretrain", "100", "--num_sft_train", "20", "--num_sft_test", "5", "--num_preference_prompts", "10",
           "--num_preference_test_prompts", "5", "--num_rl_prompts", "10", "--num_eval_prompts", "5"])  # fmt: skip
     assert (tmp_path / "builtin" / DROPPED_FILE).read_text() == ""  # always written, so never stale
+
+
+def test_a_build_that_leaves_a_needed_data_set_empty_stops_at_make_data(tmp_path):
+    """RL prompts that name every preference prompt leave no held-out prompt training never saw: the build stops
+    saying so (before: a warning, then PPO's raw IndexError); and a size setting of 0 names what needs the set."""
+    prompts = [f"{P} {i}" for i in range(8)]
+    rows = [
+        {"prompt": prompts[i % 8], "responses": [f" a{i}", f" b{i}"], "scores": [0.0, 1.0]} for i in range(80)
+    ]
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        f"source: datasets\noutput_dir: {tmp_path / 'data'}\npreference_format: ranked\n"
+        f"preference_data: {jsonl(tmp_path / 'ranked.jsonl', rows)}\n"
+        f"rl_prompts_data: {jsonl(tmp_path / 'prompts.jsonl', [{'prompt': p} for p in prompts])}\n"
+    )
+    code, _, stderr = cli("build", "--config", config)
+    assert_one_error_line(
+        code, stderr, "leaves eval_prompts empty", "also appear in training", "eval_prompts_data"
+    )
+    assert not (tmp_path / "data").exists()  # nothing written
+
+    config.write_text("\n".join(config.read_text().splitlines()[:-1]) + "\nnum_rl_prompts: 0\n")  # no RL prompts
+    code, _, stderr = cli("build", "--config", config)
+    assert_one_error_line(
+        code, stderr, "leaves prompts empty, which PPO, GRPO, RLOO and the rounds cannot run"
+    )
+    assert not (tmp_path / "data").exists()
