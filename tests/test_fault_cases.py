@@ -250,13 +250,53 @@ def raising_reward(prompts, responses):
     return {}["no such key"]
 
 
+CALLS = []
+
+
+def reward_that_fails_at_its_second_call(prompts, responses):
+    CALLS.append(len(prompts))
+    if len(CALLS) == 2:
+        raise ValueError("the grader is down")
+    return [0.0] * len(prompts)
+
+
 def test_a_reward_fn_that_raises_is_one_line_naming_it_and_where(tiny_sft, tiny_data, tmp_path, capsys):
     from pipeline.ppo import main
 
     args = ppo_args(tiny_sft, tiny_data, tmp_path / "raise", "--reward_fn", f"{__name__}:raising_reward")
     line = one_error_line(capsys, main, args)
     assert f"reward_fn {__name__}:raising_reward raised KeyError: 'no such key' (at {__file__}:" in line
+    assert line.endswith("At step 1; no checkpoint was saved before it.")
     assert not (tmp_path / "raise").exists()
+
+    # Failing at step 2, after the checkpoint of step 1 (save_steps 1): the line says where to resume from.
+    CALLS.clear()
+    out = tmp_path / "later"
+    line = one_error_line(
+        capsys,
+        main,
+        ppo_args(tiny_sft, tiny_data, out, "--reward_fn", f"{__name__}:reward_that_fails_at_its_second_call"),
+    )
+    assert "raised ValueError: the grader is down" in line
+    assert line.endswith(
+        f"At step 2; the last checkpoint is {out.with_name('later.checkpoints') / 'checkpoint-1'}: once fixed, "
+        "resume with --resume_from_checkpoint latest."
+    )
+
+
+def test_a_reward_fn_that_raises_in_grpo_is_one_line_saying_what_can_resume(
+    tiny_sft, tiny_data, tmp_path, capsys
+):
+    """The same for a Trainer stage: TRL's GRPOTrainer calls the user's function inside `trainer.train()`."""
+    from pipeline.grpo import main
+    from tests.test_alternatives import online_args
+
+    args = online_args("grpo", tiny_sft, tiny_data, tmp_path / "grpo", "--reward_model_path", "null",
+                       "--reward_fn", f"{__name__}:raising_reward", "--max_steps", "2")  # fmt: skip
+    line = one_error_line(capsys, main, args)
+    assert f"reward_fn {__name__}:raising_reward raised KeyError: 'no such key'" in line
+    assert line.endswith("At step 1; no checkpoint was saved before it.")
+    assert not (tmp_path / "grpo").exists()
 
 
 # --- a full disk -----------------------------------------------------------------------------------------------

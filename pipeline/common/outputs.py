@@ -85,6 +85,15 @@ def resolve_resume(
     return path
 
 
+def resume_advice(step: int, latest: Path | None) -> str:
+    """The end of a one-line failure mid-run (the user's reward function failed at step N): what can resume."""
+    return f"At step {step}; " + (
+        f"the last checkpoint is {latest}: once fixed, resume with --resume_from_checkpoint latest."
+        if latest
+        else "no checkpoint was saved before it."
+    )
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
     for path in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(path)

@@ -35,6 +35,7 @@ from pipeline.common.outputs import (
     list_checkpoints,
     remove_checkpoints,
     resolve_resume,
+    resume_advice,
     run_identity,
     staged_dir,
     start_run,
@@ -134,7 +135,13 @@ def run_trainer_stage(stage: str, configs: tuple, *, load_data: Callable, build_
             stop.request.installed(),
             training_context(trainer) if training_context else contextlib.nullcontext(),
         ):
-            train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+            try:
+                train_result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+            except UserError as err:  # mid-run (the user's reward function failed at step N): what can resume
+                if isinstance(err, NonFiniteError):  # (it gives its own advice)
+                    raise
+                latest = (list_checkpoints(final_dir) or [None])[-1]
+                raise UserError(f"{err} {resume_advice(trainer.state.global_step + 1, latest)}") from err
         if stop.stopped_at is not None:  # checkpointed by the Trainer at that step; nothing is published
             tracker.finish()
             trainer.model_wrapped = trainer.model  # as finish_training, keeping the checkpoints

@@ -130,6 +130,7 @@ class PPOTrainer:
         self.collapse_watch = CollapseWatch()
         self.timer = PhaseTimer(acc.device, args.log_timing)
         self.stop = StopRequest()  # its signal handlers are installed while train() runs
+        self.training_started = False
         if acc.is_main_process:
             outputs.start_run(self.identity, self.output_dir, self.resume)
         acc.wait_for_everyone()
@@ -288,7 +289,13 @@ class PPOTrainer:
     # --- the loop -------------------------------------------------------------------------------------------
     def train(self) -> None:
         with self.stop.installed():  # SIGTERM/SIGINT/SIGUSR1: finish the step, checkpoint, stop (Stopped)
-            self._train()
+            try:
+                self._train()
+            except UserError as err:  # mid-run (the user's reward_fn failed at step N): say what can resume
+                if isinstance(err, NonFiniteError) or not self.training_started:  # (it gives its own advice)
+                    raise
+                latest = checkpoint.latest_checkpoint(self.output_dir)
+                raise UserError(f"{err} {outputs.resume_advice(self.step + 1, latest)}") from err
 
     def _train(self) -> None:
         args, acc, timer = self.args, self.accelerator, self.timer
@@ -309,6 +316,7 @@ class PPOTrainer:
         start_time, start_episode = time.time(), self.episode
         save_every = args.checkpoint_interval(self.num_steps)
         timer.lap()  # the first step's clock starts here
+        self.training_started = True
         while self.step < self.num_steps:
             with timer.phase("other"):
                 prompts = self.batch_prompts(self.step)

@@ -332,7 +332,9 @@ def test_a_build_that_leaves_a_needed_data_set_empty_stops_at_make_data(tmp_path
     )
     assert not (tmp_path / "data").exists()  # nothing written
 
-    config.write_text("\n".join(config.read_text().splitlines()[:-1]) + "\nnum_rl_prompts: 0\n")  # no RL prompts
+    config.write_text(
+        "\n".join(config.read_text().splitlines()[:-1]) + "\nnum_rl_prompts: 0\n"
+    )  # no RL prompts
     code, _, stderr = cli("build", "--config", config)
     assert_one_error_line(
         code, stderr, "leaves prompts empty, which PPO, GRPO, RLOO and the rounds cannot run"
