@@ -283,6 +283,15 @@ def test_a_reward_fn_that_raises_is_one_line_naming_it_and_where(tiny_sft, tiny_
         "resume with --resume_from_checkpoint latest."
     )
 
+    # The gold-curve function (eval_reward_fn, on the held-out prompts at step 1) is a user function like any.
+    gold = ppo_args(tiny_sft, tiny_data, tmp_path / "gold", "--eval_prompts_path", str(tiny_data / "eval_prompts"),
+                    "--eval_reward_fn", f"{__name__}:raising_reward", "--eval_every", "1")  # fmt: skip
+    line = one_error_line(capsys, main, gold)
+    assert (
+        f"eval_reward_fn {__name__}:raising_reward raised KeyError: 'no such key'" in line
+        and "At step 1" in line
+    )
+
 
 def test_a_reward_fn_that_raises_in_grpo_is_one_line_saying_what_can_resume(
     tiny_sft, tiny_data, tmp_path, capsys

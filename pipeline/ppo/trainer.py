@@ -130,7 +130,7 @@ class PPOTrainer:
         self.collapse_watch = CollapseWatch()
         self.timer = PhaseTimer(acc.device, args.log_timing)
         self.stop = StopRequest()  # its signal handlers are installed while train() runs
-        self.training_started = False
+        self.step_in_progress = 0  # the step being computed, once the loop runs
         if acc.is_main_process:
             outputs.start_run(self.identity, self.output_dir, self.resume)
         acc.wait_for_everyone()
@@ -292,10 +292,10 @@ class PPOTrainer:
             try:
                 self._train()
             except UserError as err:  # mid-run (the user's reward_fn failed at step N): say what can resume
-                if isinstance(err, NonFiniteError) or not self.training_started:  # (it gives its own advice)
+                if isinstance(err, NonFiniteError) or not self.step_in_progress:  # (it gives its own advice)
                     raise
                 latest = checkpoint.latest_checkpoint(self.output_dir)
-                raise UserError(f"{err} {outputs.resume_advice(self.step + 1, latest)}") from err
+                raise UserError(f"{err} {outputs.resume_advice(self.step_in_progress, latest)}") from err
 
     def _train(self) -> None:
         args, acc, timer = self.args, self.accelerator, self.timer
@@ -316,8 +316,8 @@ class PPOTrainer:
         start_time, start_episode = time.time(), self.episode
         save_every = args.checkpoint_interval(self.num_steps)
         timer.lap()  # the first step's clock starts here
-        self.training_started = True
         while self.step < self.num_steps:
+            self.step_in_progress = self.step + 1  # self.step counts it done before its gold eval and save
             with timer.phase("other"):
                 prompts = self.batch_prompts(self.step)
             rollout = self.rollout(prompts)
