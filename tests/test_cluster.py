@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.common.config import UserError
+from pipeline.common.config import STOPPED_EXIT_CODE, UserError
 from pipeline.common.lock import OutputLock, lock_path, one_writer
 from pipeline.common.outputs import checkpoints_dir, list_checkpoints
-from pipeline.common.preemption import STOPPED_EXIT_CODE
 from tests.conftest import ACCELERATE, TEST_SEED
 from tests.test_fault_cases import REPO, TINY, ppo_args
 

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import field
 from pathlib import Path
 
+import torch.distributed as dist
 import yaml
 from trl import TrlParser
-
-from pipeline.common.preemption import STOPPED_EXIT_CODE, Stopped
 
 
 class UserError(ValueError):
@@ -42,6 +41,20 @@ class NonFiniteError(UserError):
             else "no checkpoint was saved yet: run the stage again with a lower learning_rate (or fix the reward)"
         )
         super().__init__(f"NaN/Inf in the {what} at step {step}: stopped before saving; {advice}.")
+
+
+STOPPED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: stopped on request with a checkpoint; run it again to resume
+
+
+class Stopped(Exception):
+    """A scheduler's signal stopped the stage once its checkpoint was saved (pipeline/common/preemption.py);
+    `run_main` prints it and exits with STOPPED_EXIT_CODE."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint):
+        super().__init__(
+            f"stopped by {signal_name} at step {step}; checkpoint saved: {checkpoint}. Resume with the same command "
+            "and --resume_from_checkpoint latest."
+        )
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -269,6 +282,11 @@ def as_user_error(err: BaseException) -> UserError | None:
 
 def is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def several_ranks() -> bool:
+    """A live process group of more than one rank: agreeing on anything takes a collective."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def run_main(main, args: Sequence[str] | None = None):

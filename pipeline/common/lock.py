@@ -26,7 +26,9 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.common.config import UserError, as_user_error
+import torch.distributed as dist
+
+from pipeline.common.config import UserError, as_user_error, several_ranks
 
 HEARTBEAT_S = 30.0
 DEFAULT_STALE_S = 300.0
@@ -164,9 +166,7 @@ class OutputLock:
 
 def _agree(message: str | None) -> str | None:
     """The main process's outcome on every rank (a no-op without a process group)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not several_ranks():
         return message
     box = [message]
     dist.broadcast_object_list(box, src=0)

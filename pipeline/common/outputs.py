@@ -65,13 +65,13 @@ def resolve_resume(
     """`resume_from_checkpoint` -> the checkpoint folder to resume from, or None to start afresh."""
     if value is None or value is False or str(value).strip().lower() in RESUME_NEVER:
         return None
-    if str(value).strip().lower() == RESUME_AUTO:  # a requeued job: go on where it stopped, or start
-        found = list_checkpoints(output_dir, complete)
-        return found[-1] if found else None
-    if value is True or str(value).strip().lower() in RESUME_LATEST:
+    word = str(value).strip().lower()
+    if value is True or word in RESUME_LATEST or word == RESUME_AUTO:
         found = list_checkpoints(output_dir, complete)
         if found:
             return found[-1]
+        if word == RESUME_AUTO:  # a job's first start (its requeue finds the checkpoint)
+            return None
         raise UserError(
             f"resume_from_checkpoint {value}, but {checkpoints_dir(output_dir)} holds no checkpoint-N folder. "
             "Checkpoints are written every `save_steps` steps; drop the flag to start afresh."
@@ -80,7 +80,8 @@ def resolve_resume(
     if not path.is_dir() or not complete(path):
         raise UserError(
             f"resume_from_checkpoint {value}: not a checkpoint folder. Use true (the newest checkpoint of this "
-            f"run), auto (the newest if any, else afresh), false (start afresh), or the path of a checkpoint-N folder under {checkpoints_dir(output_dir)}."
+            f"run), auto (the newest if any, else afresh), false (start afresh), or the path of a checkpoint-N "
+            f"folder under {checkpoints_dir(output_dir)}."
         )
     return path
 

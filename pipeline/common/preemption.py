@@ -19,18 +19,9 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-STOPPED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: stopped on request with a checkpoint; run it again to resume
+from pipeline.common.config import is_main_rank, several_ranks
+
 SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-
-
-class Stopped(Exception):
-    """Raised once the checkpoint is saved; `run_main` prints it and exits with STOPPED_EXIT_CODE."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint):
-        super().__init__(
-            f"stopped by {signal_name} at step {step}; checkpoint saved: {checkpoint}. Resume with the same command "
-            "and --resume_from_checkpoint latest."
-        )
 
 
 class StopRequest:
@@ -42,7 +33,7 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.signal_name is None:
             self.signal_name = signal.Signals(signum).name
-            if os.environ.get("RANK", "0") == "0":  # os.write: print() is not safe inside a signal handler
+            if is_main_rank():  # os.write: print() is not safe inside a signal handler
                 os.write(2, f"{self.signal_name}: stopping after this step with a checkpoint.\n".encode())
 
     @contextlib.contextmanager
@@ -63,7 +54,7 @@ class StopRequest:
     def agreed(self, device=None) -> bool:
         """Did any rank get a signal? Call it on EVERY rank at the same point (a collective under a process
         group); every rank then stops at the same step."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not several_ranks():
             return self.signal_name is not None
         flag = torch.tensor([0 if self.signal_name is None else 1], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

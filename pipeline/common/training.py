@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from trl import ModelConfig, get_peft_config
 
-from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.config import NonFiniteError, Stopped, UserError
 from pipeline.common.lock import one_writer
 from pipeline.common.models import is_quantized, merge_adapter
 from pipeline.common.outputs import (
@@ -41,7 +41,7 @@ from pipeline.common.outputs import (
     start_run,
     write_run,
 )
-from pipeline.common.preemption import Stopped, StopRequest
+from pipeline.common.preemption import StopRequest
 from pipeline.common.tracking import TrackerCallback
 
 
@@ -144,8 +144,7 @@ def run_trainer_stage(stage: str, configs: tuple, *, load_data: Callable, build_
                 raise UserError(f"{err} {resume_advice(trainer.state.global_step + 1, latest)}") from err
         if stop.stopped_at is not None:  # checkpointed by the Trainer at that step; nothing is published
             tracker.finish()
-            trainer.model_wrapped = trainer.model  # as finish_training, keeping the checkpoints
-            end_distributed(trainer.accelerator)
+            finish_training(trainer, final_dir, keep=True)
             raise Stopped(stop.request.signal_name, stop.stopped_at, list_checkpoints(final_dir)[-1])
         metrics = measure(trainer, train_result, resume)
 

@@ -23,10 +23,10 @@ from trl.trainer.utils import entropy_from_logits
 
 from pipeline.analysis.health import CollapseWatch
 from pipeline.common import outputs, tracking
-from pipeline.common.config import NonFiniteError, UserError
+from pipeline.common.config import NonFiniteError, Stopped, UserError
 from pipeline.common.data import load_prompts
 from pipeline.common.models import load_scoring_function, load_tokenizer
-from pipeline.common.preemption import Stopped, StopRequest
+from pipeline.common.preemption import StopRequest
 from pipeline.common.training import end_distributed, report_engine
 from pipeline.lm.logprobs import response_logprobs, sampled_logits
 from pipeline.lm.sampling import (
