@@ -5,6 +5,7 @@
 #   make all SEED=1                  # every stage's seed set to 1, the run in runs/tiny-seed1/
 #   make compare                     # make all's stages, then GRPO, RLOO and DPO (TRL), then one leaderboard
 #   make rounds ROUNDS=2             # collect K answers from our policy, rank, retrain the reward model, PPO again
+#   make label ROUND=1 RATER=alice   # rank a round's answers in the browser (prints the page's URL)
 
 RECIPE ?= recipes/tiny
 ARGS ?=
@@ -48,7 +49,7 @@ LAUNCH := $(PY) -m
 endif
 
 .PHONY: all compare setup test test-kernels test-fast lint format data base sft reward ppo grpo rloo dpo eval push \
-	collect rank rounds bench clean help
+	collect rank label rounds push-data bench clean help
 
 help:
 	@sed -n '1,6p' Makefile
@@ -65,7 +66,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,trackers]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,deepspeed,trackers,ui]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -139,6 +140,19 @@ collect: setup
 
 rank: setup
 	$(PY) -m pipeline.rounds.rank $(ROUND_ARGS) $(if $(FROM),--from_file $(FROM)) $(ARGS)
+
+# The labeling page (README, "Ranking in the browser"): one prompt and its K answers at a time; each ranking is in
+# runs/<name>/rounds/<n>/labels/<rater>.jsonl the moment it is saved. Then `make rank ROUND=n` merges the raters,
+# reports their agreement and lets the labeler (if the recipe has one) rank what nobody did.
+PORT ?= 7860
+HOST ?= 127.0.0.1
+RATER ?=
+label: setup
+	$(PY) -m pipeline.rounds.label $(ROUND_ARGS) --host $(HOST) --port $(PORT) $(if $(RATER),--rater $(RATER)) $(ARGS)
+
+# make push-data ROUND=n HUB_REPO=user/name: a round's comparisons and rankings as a Hub data set, with its card.
+push-data: setup
+	$(PY) -m pipeline.rounds.push_data $(ROUND_ARGS) $(if $(HUB_REPO),--repo_id $(HUB_REPO)) $(ARGS)
 
 rounds: setup
 	$(PY) -m pipeline.rounds --config $(RECIPE)/rounds.yaml --rounds $(ROUNDS) --launch "$(LAUNCH)" $(ARGS)

@@ -29,8 +29,8 @@ from pipeline.common.models import (
     is_adapter_dir,
     load_model,
     load_tokenizer,
-    same_model_path,
 )
+from pipeline.common.outputs import same_model_path
 from pipeline.common.training import (
     RunOutputArguments,
     check_quantized_needs_peft,

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from pipeline.analysis.model_card import (
@@ -29,6 +29,7 @@ from pipeline.analysis.model_card import (
     render_card,
 )
 from pipeline.common.config import ConfigError, UserError, parse_config, required, run_main
+from pipeline.common.hub import push_token
 from pipeline.common.models import check_model_dir
 from pipeline.common.outputs import STAGES
 from pipeline.common.redact import is_secret
@@ -166,15 +167,6 @@ def describe_uploads(uploads: dict[str, Path | bytes]) -> list[str]:
     return lines
 
 
-def hub_token() -> str:
-    token = get_token()  # HF_TOKEN, or the token saved by `hf auth login`
-    if not token:
-        raise UserError(
-            "No Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)."
-        )
-    return token
-
-
 def push_stage(args: PushArguments) -> str | None:
     """Push (or with dry_run, list) a stage's output; returns the commit URL when pushed."""
     if (
@@ -195,11 +187,7 @@ def push_stage(args: PushArguments) -> str | None:
     if args.dry_run:
         return None
 
-    if constants.is_offline_mode():
-        raise UserError(
-            "HF_HUB_OFFLINE=1 is set and pushing needs the Hub: unset it (make push ... OFFLINE=0)."
-        )
-    api = HfApi(token=hub_token())
+    api = HfApi(token=push_token("push"))
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src if isinstance(src, bytes) else str(src))
                   for p, src in sorted(uploads.items())]  # fmt: skip
     try:

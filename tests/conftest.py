@@ -165,3 +165,33 @@ def tiny_grpo(run_dir, tiny_data, tiny_sft, tiny_reward) -> Path:
         "--max_steps", "8", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", str(TEST_SEED),
     ]  # fmt: skip
     return _run_stage(main, "grpo.yaml", out, overrides)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The fake Hub (tests/fake_hub.py), with the client online and pointed at it (HF_HUB_OFFLINE=1 holds for
+    everything else). huggingface_hub and datasets read these settings at import, so their copies are patched too."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from tests.fake_hub import TOKEN, FakeHub
+
+    with FakeHub() as fake:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(datasets.config, "HF_ENDPOINT", fake.endpoint)
+        # Xet storage needs its own CAS service; the legacy LFS protocol is the one the fake speaks.
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login of the developer is used
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        yield fake

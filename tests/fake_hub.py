@@ -10,6 +10,10 @@ It answers the calls `huggingface_hub` (2.x) makes for `create_repo` + `create_c
     PUT  /lfs-upload/{oid}                          receives an LFS object (sha256 checked)
     POST /api/models/{repo}/commit/{revision}       NDJSON commit: inline base64 files + LFS pointers
 
+and, for data set repos (`datasets`' `push_to_hub`, `DatasetCard.load/push_to_hub`), the same under
+/api/datasets/ plus what those read back: repo info, paths-info, the file tree, and file downloads
+(/datasets/{repo}/resolve/{revision}/{path}).
+
 and records what it was sent (`FakeHub.repos`, `FakeHub.requests`, `FakeHub.auth_headers`). Anything else is
 answered 404 and recorded in `FakeHub.unexpected`, so a client change shows up as a test failure. The client
 uses the LFS path only with Xet disabled (HF_HUB_DISABLE_XET); Xet's CAS protocol is not emulated.
@@ -25,11 +29,19 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote
 
 import yaml
 
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".png", ".jpg", ".gguf", ".pth")
+TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"  # what the tests log in with; must never be written
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".png", ".jpg", ".gguf", ".pth", ".parquet")
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub sends big text files to LFS too
+
+
+class FileBody(bytes):
+    """A file's content as served, with the commit it is at (X-Repo-Commit)."""
+
+    commit: str
 
 
 @dataclass
@@ -132,6 +144,55 @@ class FakeHub:
         repo.commits.append({"revision": revision, "summary": header["summary"], "oid": oid})
         return 200, {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid}
 
+    def repo_info(self, repo_id: str) -> tuple[int, dict]:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {"error": "Repository not found"}
+        sha = repo.commits[-1]["oid"] if repo.commits else "0" * 40
+        return 200, {"id": repo_id, "sha": sha, "private": repo.visibility == "private",
+                     "siblings": [{"rfilename": path} for path in sorted(repo.files)]}  # fmt: skip
+
+    def _entry(self, repo: FakeRepo, path: str) -> dict:
+        data = repo.files[path]
+        return {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+
+    def paths_info(self, repo_id: str, body: bytes) -> tuple[int, list]:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {"error": "Repository not found"}
+        asked = (
+            parse_qs(body.decode()).get("paths", [])
+            if not body.startswith(b"{")
+            else json.loads(body)["paths"]
+        )
+        return 200, [self._entry(repo, p) for p in asked if p in repo.files]
+
+    def tree(self, repo_id: str, folder: str) -> tuple[int, list]:
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 404, {"error": "Repository not found"}
+        prefix = folder.rstrip("/") + "/" if folder else ""
+        entries, dirs = [], set()
+        for path in sorted(repo.files):
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix) :]
+            if "/" in rest:
+                dirs.add(prefix + rest.split("/", 1)[0])
+            else:
+                entries.append(self._entry(repo, path))
+        if prefix and not entries and not dirs:
+            return 404, {"error": "Entry not found"}
+        return 200, [{"type": "directory", "path": d, "oid": "0" * 40} for d in sorted(dirs)] + entries
+
+    def download(self, repo_id: str, path: str) -> tuple[int, FileBody | dict]:
+        repo = self.repos.get(repo_id)
+        if repo is None or path not in repo.files:
+            return 404, {"error": "Entry not found"}
+        body = FileBody(repo.files[path])
+        body.commit = repo.commits[-1]["oid"] if repo.commits else "0" * 40  # the client caches by it
+        return 200, body
+
 
 def _handler_for(hub: FakeHub):
     repo = r"(?P<repo>[^/]+/[^/]+)"
@@ -140,13 +201,20 @@ def _handler_for(hub: FakeHub):
         ("GET", re.compile(r"^/api/agent-harnesses$"), lambda m, b: (200, {"standardEnvVars": [], "harnesses": {}})),
         ("POST", re.compile(r"^/api/repos/create$"), lambda m, b: hub.create_repo(json.loads(b))),
         ("POST", re.compile(r"^/api/validate-yaml$"), lambda m, b: hub.validate_yaml(json.loads(b))),
-        ("POST", re.compile(rf"^/api/models/{repo}/preupload/(?P<rev>[^/]+)$"),
+        ("POST", re.compile(rf"^/api/(?:models|datasets)/{repo}/preupload/(?P<rev>[^/]+)$"),
          lambda m, b: hub.preupload(m["repo"], json.loads(b))),
-        ("POST", re.compile(rf"^/{repo}\.git/info/lfs/objects/batch$"),
+        ("POST", re.compile(rf"^/(?:datasets/)?{repo}\.git/info/lfs/objects/batch$"),
          lambda m, b: hub.lfs_batch(m["repo"], json.loads(b))),
         ("PUT", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$"), lambda m, b: hub.lfs_upload(m["oid"], b)),
-        ("POST", re.compile(rf"^/api/models/{repo}/commit/(?P<rev>[^/]+)$"),
+        ("POST", re.compile(rf"^/api/(?:models|datasets)/{repo}/commit/(?P<rev>[^/]+)$"),
          lambda m, b: hub.commit(m["repo"], m["rev"], b)),
+        ("GET", re.compile(rf"^/api/datasets/{repo}(?:/revision/(?P<rev>[^/]+))?$"), lambda m, b: hub.repo_info(m["repo"])),
+        ("POST", re.compile(rf"^/api/datasets/{repo}/paths-info/(?P<rev>[^/]+)$"),
+         lambda m, b: hub.paths_info(m["repo"], b)),
+        ("GET", re.compile(rf"^/api/datasets/{repo}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"),
+         lambda m, b: hub.tree(m["repo"], m["path"] or "")),
+        ("GET", re.compile(rf"^/datasets/{repo}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
+         lambda m, b: hub.download(m["repo"], m["path"])),
     ]  # fmt: skip
 
     class Handler(BaseHTTPRequestHandler):
@@ -154,24 +222,33 @@ def _handler_for(hub: FakeHub):
 
         def _serve(self, method: str) -> None:
             body = self._read_body()
-            path = self.path.split("?", 1)[0]
+            path = unquote(self.path.split("?", 1)[0])
             with hub.lock:
                 hub.requests.append((method, path))
                 hub.auth_headers.append(self.headers.get("Authorization"))
                 for route_method, pattern, action in routes:
                     match = pattern.match(path)
-                    if route_method == method and match:
+                    if match and route_method == ("GET" if method == "HEAD" else method):
                         status, payload = action(match, body)
                         break
                 else:
                     hub.unexpected.append((method, path))
                     status, payload = 404, {"error": f"fake hub: no route for {method} {path}"}
-            data = json.dumps(payload).encode()
+            raw = isinstance(payload, bytes)  # a file's content
+            data = payload if raw else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if payload == {
+                "error": "Entry not found"
+            }:  # how the Hub tells a missing file from a missing repo
+                self.send_header("X-Error-Code", "EntryNotFound")
+            if raw:
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", payload.commit)
             self.end_headers()
-            self.wfile.write(data)
+            if method != "HEAD":
+                self.wfile.write(data)
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # streamed uploads
@@ -186,6 +263,9 @@ def _handler_for(hub: FakeHub):
 
         def do_GET(self):
             self._serve("GET")
+
+        def do_HEAD(self):
+            self._serve("HEAD")
 
         def do_POST(self):
             self._serve("POST")

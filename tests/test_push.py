@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.common.config import ConfigError, UserError
-from tests.fake_hub import FakeHub
+from tests.fake_hub import TOKEN
 
-TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 EVAL = {
     "reward_model_accuracy": 0.8125,
@@ -42,26 +41,6 @@ def run_with_sft(tmp_path, tiny_sft) -> Path:
     (run / "sft").symlink_to(tiny_sft, target_is_directory=True)
     (run / "eval.json").write_text(json.dumps(EVAL))
     return run
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The fake Hub, with the client online and pointed at it (conftest sets HF_HUB_OFFLINE=1 for everything
-    else; huggingface_hub reads these settings into `constants` at import, so both are patched)."""
-    from huggingface_hub import constants
-
-    with FakeHub() as fake:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-        # Xet storage needs its own CAS service; the legacy LFS protocol is the one the fake speaks.
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login of the developer is used
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-        yield fake
 
 
 def push(run: Path, *extra: str):

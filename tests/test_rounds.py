@@ -185,12 +185,14 @@ def test_make_rank_from_a_file_keeps_it_whole_or_not_at_all(tmp_path, capsys):
     assert [r["ranks"] for r in ranked] == [[2, 1, 1, 4], [1, 2, 3, 3]] and ranked[0]["responses"] == by_id[
         first
     ]["responses"]
-    assert "2 prompts ranked by the file" in capsys.readouterr().out
+    assert "2 of 4 prompts ranked (10 preference pairs): file:ranks.jsonl 2; 2 prompts not ranked" in (
+        capsys.readouterr().out
+    )
     with pytest.raises(UserError, match="exists already"):
         main(argv)
     # no labeler and no file: say how to rank
     (cfg.round_dir(1) / RANKED).unlink()
-    with pytest.raises(UserError, match="make rank ROUND=1 FROM=file.jsonl"):
+    with pytest.raises(UserError, match=r"make label ROUND=1\) or pass another tool's rankings"):
         main(argv[:-2])
 
 
@@ -297,7 +299,7 @@ def small_recipe(tmp_path: Path, data: Path, sft: Path) -> Path:
 
 
 def run_loop(recipe: Path, rounds: int, launch: str = "") -> None:
-    from pipeline.rounds import main
+    from pipeline.rounds.loop import main
 
     main(
         [

@@ -15,7 +15,13 @@ from pipeline.common.tables import markdown_table, number
 
 
 def round_record(
-    n: int, evaluation: dict, reward_metrics: dict, comparisons: int, pairs: int, policy: str
+    n: int,
+    evaluation: dict,
+    reward_metrics: dict,
+    comparisons: int,
+    pairs: int,
+    policy: str,
+    rank_summary: dict | None = None,
 ) -> dict:
     record = evaluation["policies"][policy]
     return {
@@ -32,7 +38,19 @@ def round_record(
         "sft_labeler_score": evaluation["policies"]["sft"]["labeler_score"],
         "reward_model_score": record["reward_model_score"],
         "kl_from_sft": record["kl_from_sft"],
+        "ranked_by": ranked_by(rank_summary),
+        "rater_agreement": rank_summary["agreement"]["agreement"] if rank_summary else None,
     }
+
+
+def ranked_by(summary: dict | None) -> dict | None:
+    """Prompts ranked per rater ('labeler' for what the labeler ranked), from make rank's summary."""
+    if summary is None:
+        return None
+    counts = dict(summary["by_rater"])
+    if summary["filled_by_labeler"]:
+        counts["labeler"] = summary["filled_by_labeler"]
+    return counts
 
 
 COLUMNS = {
@@ -44,12 +62,20 @@ COLUMNS = {
     "rm_accuracy_on_own_samples": "RM acc., policy's own answers",
     "labeler_score": "labeler score",
     "kl_from_sft": "KL from SFT",
+    "ranked_by": "ranked by (prompts)",
 }
 
 
+def cell(value) -> str:
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{name.removeprefix('labeler:')} {count}" for name, count in value.items())
+    return "n/a" if value is None else value
+
+
 def rounds_markdown(rounds: list[dict]) -> str:
-    rows = [[r["round"], *(number(r[k]) if isinstance(r[k], float) else r[k] for k in list(COLUMNS)[1:])]
-            for r in rounds]  # fmt: skip
+    rows = [[r["round"], *(cell(r.get(k)) for k in list(COLUMNS)[1:])] for r in rounds]
     return "\n".join(markdown_table(list(COLUMNS.values()), rows))
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import statistics
 
 from pipeline.analysis.health import few_prompts_warning, policy_checks
-from pipeline.common.models import same_model_path
-from pipeline.common.outputs import fingerprint, read_run
+from pipeline.common.outputs import fingerprint, read_run, same_model_path
 from pipeline.common.redact import is_secret
 from pipeline.lm.scoring import accuracy
 

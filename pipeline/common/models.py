@@ -88,13 +88,6 @@ def adapter_base_path(path: str | Path) -> str:
     return adapter_config(path)["base_model_name_or_path"]
 
 
-def same_model_path(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a == b
-
-
 def loading_error(name: str, err: Exception) -> UserError:
     hint = "Check the path or hub id"
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name).exists():

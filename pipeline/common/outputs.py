@@ -35,6 +35,14 @@ RESUME_NEVER = ("", "false", "none", "null")
 RESUME_AUTO = "auto"
 
 
+def same_model_path(a: str, b: str) -> bool:
+    """Two model paths name one model: the same folder when both exist, else the same hub id."""
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
 def checkpoints_dir(output_dir: str | Path) -> Path:
     """Where a stage writes its `checkpoint-N/` folders: a sibling of the final artifact, never inside it."""
     final = Path(output_dir)

@@ -38,8 +38,8 @@ from pipeline.common.models import (
     is_adapter_dir,
     load_base_of,
     load_model,
-    same_model_path,
 )
+from pipeline.common.outputs import same_model_path
 from pipeline.lm.logprobs import response_logits, response_logprobs
 from pipeline.lm.packing import check_packed_responses, position_ids_from_mask
 

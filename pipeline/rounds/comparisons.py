@@ -18,8 +18,7 @@ import math
 from pathlib import Path
 
 from pipeline.common.config import UserError
-from pipeline.common.models import same_model_path
-from pipeline.common.outputs import write_file_atomically
+from pipeline.common.outputs import same_model_path, write_file_atomically
 
 COMPARISONS = "comparisons.jsonl"
 RANKED = "ranked.jsonl"
@@ -112,10 +111,12 @@ def check_rankings(
                 f"{where}: id {row.get('id')!r} is not among the comparisons in {comparisons_path}"
             )
             continue
-        if row["id"] in seen:
-            problems.append(f"{where}: id {row['id']!r} is ranked twice (first in row {seen[row['id']]})")
+        who = (row["id"], row.get("rater"))  # several raters may rank one prompt; one rater ranks it once
+        if who in seen:
+            by = f" by {row['rater']}" if row.get("rater") else ""
+            problems.append(f"{where}: id {row['id']!r} is ranked twice{by} (first in row {seen[who]})")
             continue
-        seen[row["id"]] = row.get("_row", "?")
+        seen[who] = row.get("_row", "?")
         answers = comparison["responses"]
         if "responses" in row and row["responses"] != answers:
             problems.append(f"{where}: 'responses' differ from the collected answers of {row['id']!r}")
@@ -137,5 +138,7 @@ def check_rankings(
             continue
         out.append({"id": row["id"], "prompt": comparison["prompt"], "responses": answers, key: values,
                     "rater": row.get("rater", "unknown")})  # fmt: skip
+        if row.get("unusable"):
+            out[-1]["unusable"] = row["unusable"]
     fail(path, problems, "Nothing was kept; fix those rows and rank again.")
     return out

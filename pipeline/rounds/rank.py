@@ -1,32 +1,36 @@
-"""Rank a round's comparisons into `<output_dir>/<n>/ranked.jsonl`: with the recipe's labeler (the stand-in for
-human raters, `labeler: module:function`), or from a file of rankings made elsewhere (`--from_file`, ranked format
-keyed by the comparisons' ids: a labeling tool's export). Either way every row is checked against the comparisons
-it ranks, and the file is written whole or not at all.
+"""Rank a round's comparisons into `<output_dir>/<n>/ranked.jsonl`, from every source there is:
+- people, on the labeling page (`<n>/labels/<rater>.jsonl`, make label);
+- a file of rankings made in another tool (`--from_file`: ranked .jsonl or a CSV, imports.py);
+- the recipe's labeler (`labeler: module:function`, the stand-in for raters), for the prompts nobody ranked.
+A prompt several raters ranked is merged (labels.merge) and their agreement reported; every row is checked
+against the comparisons it ranks, and the file is written whole or not at all, with `rank_summary.json` beside
+it: how many prompts each rater ranked, what the labeler filled, the agreement.
 
     python -m pipeline.rounds.rank --config recipes/tiny/rounds.yaml --round 1
-    python -m pipeline.rounds.rank --config recipes/tiny/rounds.yaml --round 1 --from_file rankings.jsonl
+    python -m pipeline.rounds.rank --config recipes/tiny/rounds.yaml --round 1 --from_file rankings.csv
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 from pipeline.common.config import UserError, parse_config, run_main
-from pipeline.common.models import load_scoring_function
+from pipeline.common.outputs import write_file_atomically
 from pipeline.common.pairs import pairs_from_ranks, pairs_from_scores
-from pipeline.rounds.comparisons import (
-    COMPARISONS,
-    RANKED,
-    check_rankings,
-    read_comparisons,
-    read_jsonl,
-    write_jsonl,
-)
+from pipeline.rounds.comparisons import COMPARISONS, RANKED, check_rankings, read_comparisons, write_jsonl
 from pipeline.rounds.config import CONFIG_TYPES
+from pipeline.rounds.imports import read_rankings_file
+from pipeline.rounds.labels import LABELS, agreement, merge, people_rows, read_labels
+
+SUMMARY = "rank_summary.json"
 
 
 def rank_with_labeler(comparisons: dict[str, dict], spec: str) -> list[dict]:
     """The labeler's scores of every answer, checked as any rankings are (a NaN is named by its row)."""
+    from pipeline.common.models import load_scoring_function  # transformers: only when a labeler ranks
+
     labeler = load_scoring_function(spec, "labeler")
     rows = list(comparisons.values())
     prompts = [r["prompt"] for r in rows for _ in r["responses"]]
@@ -62,21 +66,49 @@ def main(args=None):
     out = folder / RANKED
     if out.exists():
         raise UserError(f"{out} exists already: round {n} was ranked. Delete it to rank again.")
+    rows = check_rankings(folder / LABELS, people_rows(read_labels(folder)), comparisons, comparisons_path)
     if config.from_file:
-        source = Path(config.from_file)
-        rows = read_jsonl(source, "Rankings file")
-        rankings = check_rankings(source, rows, comparisons, comparisons_path)
-        rater = f"the file {source}"
-    elif config.labeler:
-        rankings = rank_with_labeler(comparisons, config.labeler)
-        rater = f"the labeler {config.labeler}"
-    else:
-        raise UserError(f"Round {n} has no labeler (rounds.yaml: labeler) and no rankings file: rank its "
-                        f"comparisons in any tool and pass the rankings (make rank ROUND={n} FROM=file.jsonl).")  # fmt: skip
-    write_jsonl(out, rankings)
-    unranked = len(comparisons) - len(rankings)
-    print(f"Round {n}: {len(rankings)} prompts ranked by {rater} ({pair_count(rankings)} preference pairs"
-          + (f"; {unranked} prompts not ranked" if unranked else "") + f") -> {out}")  # fmt: skip
+        rows += read_rankings_file(Path(config.from_file), comparisons, comparisons_path)
+    merged = merge(rows)
+    left = {i: c for i, c in comparisons.items() if i not in {r["id"] for r in merged}}
+    if left and config.labeler:
+        merged += rank_with_labeler(left, config.labeler)
+    if not merged:
+        raise UserError(f"Round {n} has no rankings: nobody ranked on the page ({folder / LABELS}/ is empty), no "
+                        f"file was given and the recipe has no labeler (rounds.yaml: labeler). Rank in the browser "
+                        f"(make label ROUND={n}) or pass another tool's rankings (make rank ROUND={n} FROM=file).")  # fmt: skip
+    order = {prompt_id: i for i, prompt_id in enumerate(comparisons)}
+    merged.sort(key=lambda r: order[r["id"]])
+    summary = {
+        "prompts": len(comparisons),
+        "ranked": len(merged),
+        "pairs": pair_count(merged),
+        "by_rater": dict(Counter(r["rater"] for r in rows)),
+        "filled_by_labeler": sum(r["rater"].startswith("labeler:") for r in merged),
+        "several_raters": sum("by_rater" in r for r in merged),
+        "agreement": agreement(rows),
+    }
+    write_jsonl(out, merged)
+    write_file_atomically(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    print(f"Round {n}: {describe(summary)} -> {out}")
+
+
+def describe(summary: dict) -> str:
+    """'400 prompts ranked (1,912 pairs): alice 12, bob 10, the labeler 380; agreement 0.74 over 40 pairs'."""
+    who = [f"{rater} {count}" for rater, count in summary["by_rater"].items()]
+    if summary["filled_by_labeler"]:
+        who.append(f"the labeler {summary['filled_by_labeler']}")
+    text = (
+        f"{summary['ranked']} of {summary['prompts']} prompts ranked ({summary['pairs']} preference pairs): "
+    )
+    text += ", ".join(who)
+    agreed = summary["agreement"]
+    if agreed["agreement"] is not None:
+        text += (
+            f"; raters agree on {agreed['agreement']:.1%} of the {agreed['pairs']} answer pairs both ordered"
+        )
+    unranked = summary["prompts"] - summary["ranked"]
+    return text + (f"; {unranked} prompts not ranked" if unranked else "")
 
 
 if __name__ == "__main__":
