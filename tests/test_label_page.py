@@ -188,3 +188,38 @@ def test_an_answer_holding_a_script_shows_as_text_to_a_rater_named_on_the_page(s
     made = "return document.querySelectorAll('img[src=\"x\"]').length + [...document.querySelectorAll('b')]" \
            ".filter(e => e.textContent === 'bold').length"  # fmt: skip
     assert browser.execute_script(made) == 0  # no element was made from the answer's markup
+
+
+def test_with_an_auth_file_nothing_is_served_before_a_login(tmp_path):
+    """Gradio's `auth` from a file of user:password lines (the README's way to serve the page to others)."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from pipeline.common.config import UserError
+    from pipeline.rounds.label import read_auth
+
+    config, _ = write_round(tmp_path, 2)
+    (tmp_path / "raters.txt").write_text("ana:s3cret\n\nben:pa:ss\n")
+    assert read_auth(str(tmp_path / "raters.txt")) == [("ana", "s3cret"), ("ben", "pa:ss")]
+    (tmp_path / "bad.txt").write_text("ana\n")
+    with pytest.raises(UserError, match="line 1 is not 'user:password'"):
+        read_auth(str(tmp_path / "bad.txt"))
+    server = Server(config, free_port(), "--auth_file", str(tmp_path / "raters.txt"))
+    try:
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+        def status(path: str, form: dict | None = None) -> int:
+            data = urllib.parse.urlencode(form).encode() if form else None
+            try:
+                return opener.open(server.url + path, data=data, timeout=10).status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert status("/config") == 401  # the page's data: not before a login
+        assert status("/login", {"username": "ana", "password": "wrong"}) == 400
+        assert status("/login", {"username": "ana", "password": "s3cret"}) == 200
+        assert status("/config") == 200
+    finally:
+        server.kill()

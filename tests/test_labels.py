@@ -28,13 +28,20 @@ from pipeline.rounds.labels import (
 from tests.fake_hub import TOKEN, FakeHub
 
 POLICY = "runs/x/sft"
+TOPICS = ("cats", "dogs", "songs", "hats", "bees")
 
 
 def make_round(folder: Path, n: int = 4, labeler: str | None = None) -> tuple[list[str], list[dict]]:
     rows = []
-    for i in range(n):
-        prompt = f"\n\nHuman: Question {i}?\n\nAssistant:"
-        rows.append({"id": prompt_id(prompt), "prompt": prompt, "responses": [f" answer {j}." for j in range(4)],
+    for topic in TOPICS[:n]:
+        prompt = f"\n\nHuman: Tell me about {topic}.\n\nAssistant:"
+        answers = [
+            f" Sure, glad to help. {topic.title()} are fun. Hope this helps.",
+            f" Ugh. {topic.title()}.",
+            f" {topic.title()} are soft.",
+            " Rocks are big.",
+        ]  # the labeler's order: 0, 2, 1, 3
+        rows.append({"id": prompt_id(prompt), "prompt": prompt, "responses": answers,
                      "round": 1, "policy": {"path": POLICY, "fingerprint": "f"},
                      "sampling": {"temperature": 0.7, "max_new_tokens": 48}, "seed": 3})  # fmt: skip
     write_jsonl(folder / "rounds/1" / COMPARISONS, rows)
@@ -179,9 +186,17 @@ def test_people_a_file_and_the_labeler_rank_one_round_together(tmp_path, capsys)
     assert {ranked[i]["rater"] for i in ids[3:] + ids[1:2]} == {"labeler:data_prep.task:labeler_scores"}
     summary = json.loads((folder / "rank_summary.json").read_text())
     assert summary["by_rater"] == {"ana": 1, "ben": 1, "cleo": 2} and summary["filled_by_labeler"] == 3
+    # each rater against the labeler (ranks 1, 3, 2, 4 on every prompt here) on the prompts they ranked
+    assert summary["agreement_with_labeler"] == {
+        "ana": {"prompts": 1, "pairs": 6, "agreement": pytest.approx(5 / 6)},
+        "ben": {"prompts": 1, "pairs": 6, "agreement": pytest.approx(1 / 6)},
+        "cleo": {"prompts": 2, "pairs": 12, "agreement": pytest.approx(10 / 12)},
+    }
     # on prompt 0: ana/cleo agree on all 6 pairs, ben disagrees with both on all 6
     assert summary["agreement"]["pairs"] == 18 and summary["agreement"]["agreement"] == pytest.approx(6 / 18)
-    assert "ana 1, ben 1, cleo 2, the labeler 3; raters agree on 33.3%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ana 1, ben 1, cleo 2, the labeler 3; raters agree on 33.3%" in out
+    assert "with the labeler: ana 83.3% of 6, ben 16.7% of 6, cleo 83.3% of 12 pairs" in out
 
 
 # --- a round on the Hub ------------------------------------------------------------------------------------

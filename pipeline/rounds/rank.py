@@ -87,10 +87,25 @@ def main(args=None):
         "filled_by_labeler": sum(r["rater"].startswith("labeler:") for r in merged),
         "several_raters": sum("by_rater" in r for r in merged),
         "agreement": agreement(rows),
+        "agreement_with_labeler": labeler_agreement(rows, comparisons, config.labeler),
     }
     write_jsonl(out, merged)
     write_file_atomically(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
     print(f"Round {n}: {describe(summary)} -> {out}")
+
+
+def labeler_agreement(rows: list[dict], comparisons: dict[str, dict], labeler: str | None) -> dict:
+    """Each rater against the labeler on the prompts that rater ranked: how far a person and the stand-in for
+    people agree (a careless rater, or a labeler that misses what people want, shows here)."""
+    if not rows or not labeler:
+        return {}
+    scored = rank_with_labeler({i: comparisons[i] for i in dict.fromkeys(r["id"] for r in rows)}, labeler)
+    out = {}
+    for rater in dict.fromkeys(r["rater"] for r in rows):
+        own = [r for r in rows if r["rater"] == rater]
+        figures = agreement(own + [s for s in scored if s["id"] in {r["id"] for r in own}])
+        out[rater] = {"prompts": len(own), "pairs": figures["pairs"], "agreement": figures["agreement"]}
+    return out
 
 
 def describe(summary: dict) -> str:
@@ -107,6 +122,10 @@ def describe(summary: dict) -> str:
         text += (
             f"; raters agree on {agreed['agreement']:.1%} of the {agreed['pairs']} answer pairs both ordered"
         )
+    with_labeler = [f"{rater} {f['agreement']:.1%} of {f['pairs']}" for rater, f in
+                    summary.get("agreement_with_labeler", {}).items() if f["agreement"] is not None]  # fmt: skip
+    if with_labeler:
+        text += "; with the labeler: " + ", ".join(with_labeler) + " pairs"
     unranked = summary["prompts"] - summary["ranked"]
     return text + (f"; {unranked} prompts not ranked" if unranked else "")
 
