@@ -45,14 +45,18 @@ def start_browser() -> webdriver.Chrome:
 
 
 def write_round(folder: Path, n_prompts: int, special: str | None = None) -> tuple[Path, list[dict]]:
-    """A recipe's rounds.yaml and round 1's comparisons: K=4 answers per prompt (no model needed to rank)."""
+    """A recipe's rounds.yaml and round 1's comparisons: K=4 answers per prompt, but 3 on the last (collecting
+    merges identical answers, so K varies), `special` as the first prompt's third answer. No model needed."""
     rows = []
     for i in range(n_prompts):
         prompt = f"\n\nHuman: Question {i}: how do I bake bread?\n\nAssistant:"
-        answers = [f" Answer {j} of question {i}: {'knead ' * j}then bake." for j in range(4)]
+        answers = [
+            f" Answer {j} of question {i}: {'knead ' * j}then bake."
+            for j in range(3 if i == n_prompts - 1 else 4)
+        ]
         if special and i == 0:
             answers[2] = special
-        rows.append({"id": prompt_id(prompt), "prompt": prompt, "responses": answers, "ended": [True] * 4,
+        rows.append({"id": prompt_id(prompt), "prompt": prompt, "responses": answers, "ended": [True] * len(answers),
                      "round": 1, "policy": {"path": POLICY, "fingerprint": "f"}, "sampling": {"temperature": 0.7},
                      "seed": 0})  # fmt: skip
     write_jsonl(folder / "rounds" / "1" / COMPARISONS, rows)

@@ -66,12 +66,12 @@ def plan(row: dict, shown: list[int], step: int) -> str:
 
 
 def test_rank_by_clicks_and_keys_kill_the_server_restart_and_the_file_is_what_was_done(tmp_path, browser):
-    config, rows = write_round(tmp_path, 8)
+    config, rows = write_round(tmp_path, 9)
     by_prompt = {r["prompt"].strip(): r for r in rows}
     port = free_port()
     server = Server(config, port, "--rater", "ana")
     page = Page(browser, f"{server.url}/?rater=ana")
-    assert "prompt 1 of 8" in page.progress()
+    assert "prompt 1 of 9" in page.progress()
     done = []  # (id, ranks or "skipped", unusable, note) in the order the person did them
     for step in range(6):
         row, shown = page.shown(by_prompt)
@@ -99,11 +99,14 @@ def test_rank_by_clicks_and_keys_kill_the_server_restart_and_the_file_is_what_wa
     assert len(written) == 6
     server = Server(config, port)
     page = Page(browser, f"{server.url}/?rater=ana")
-    assert "prompt 7 of 8" in page.progress() and "you: 6 ranked" in page.progress()
+    assert "prompt 7 of 9" in page.progress() and "you: 6 ranked" in page.progress()
     assert page.shown(by_prompt)[0]["id"] == row["id"]  # the first prompt not yet ranked, as before the kill
     page.after(lambda: page.click("skip"))
     done.append((row["id"], "skipped", [], ""))
+    done.append((page.shown(by_prompt)[0]["id"], "skipped", [], ""))
+    page.rank_by_keys("skip")  # the keyboard's skip
     row, shown = page.shown(by_prompt)
+    assert len(shown) == 3 and not any(e.is_displayed() for e in browser.find_elements(By.ID, "answer-D"))
     order = plan(row, shown, 0)
     page.rank_by_keys(order)
     done.append((row["id"], expected_ranks(order, shown), [], ""))

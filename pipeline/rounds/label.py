@@ -141,7 +141,7 @@ def build_page(round_: Round, default_rater: str | None):
     def save(state, order, unusable, note, rater):
         if not state:
             return show(rater)
-        if order.strip().lower() in ("skip", "s"):
+        if order.strip().lower() == "skip":
             return skip(state, rater)
         shown = state["shown"]
         flagged = [shown[LETTERS.index(letter)] for letter in unusable or []]
