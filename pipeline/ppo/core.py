@@ -132,6 +132,22 @@ def value_loss(
     return loss, {"clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask)}
 
 
+def variance_moments(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[n, sum R, sum R^2, sum E, sum E^2] over response tokens, E = R - V: summed across processes, they give
+    the explained variance of the whole batch exactly (`explained_variance`)."""
+    m = mask.float()
+    r, e = returns.float() * m, (returns.float() - values.float()) * m
+    return torch.stack([m.sum(), r.sum(), (r * r).sum(), e.sum(), (e * e).sum()])
+
+
+def explained_variance(moments: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R): 1 when the value head predicts the returns, 0 when it predicts no better than
+    their mean, below 0 when worse (the diagnostic of Huang et al. 2024 for a value function that lags)."""
+    n, r, r2, e, e2 = moments.double().tolist()
+    var_returns = r2 / n - (r / n) ** 2
+    return 1.0 - (e2 / n - (e / n) ** 2) / var_returns if n > 0 and var_returns > 0 else float("nan")
+
+
 class FixedKLController:
     def __init__(self, kl_coef: float):
         self.value = kl_coef

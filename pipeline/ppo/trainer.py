@@ -394,6 +394,10 @@ class PPOTrainer:
         ratios = acc.gather(torch.stack(stats["val/ratio"]))
         m["val/ratio_var"] = ratios.var().item() if ratios.numel() > 1 else 0.0
         m["val/num_eos_tokens"] = acc.gather(rollout.ended.sum().reshape(1)).sum().item()
+        moments = acc.gather(
+            core.variance_moments(rollout.values, rollout.returns, rollout.mask).reshape(1, -1)
+        )
+        m["val/explained_variance"] = core.explained_variance(moments.sum(0))  # of the values that sampled
         m["response_length"] = mean(rollout.mask.sum(1).float())
         m["lr"] = self.scheduler.get_last_lr()[0]
         m["episode"] = self.episode

@@ -116,6 +116,31 @@ def test_clipped_value_loss():
     assert stats["clipfrac"].item() == pytest.approx(0.5)
 
 
+def test_explained_variance_over_response_tokens_and_summed_across_processes():
+    torch.manual_seed(0)
+    returns = torch.randn(6, 5)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[0, 3:] = mask[4, 1:] = False  # padding past the first EOS counts for nothing
+    noisy = returns + 0.5 * torch.randn(6, 5)
+    kept_r, kept_e = returns[mask].double(), (returns - noisy)[mask].double()
+    expected = 1 - kept_e.var(unbiased=False) / kept_r.var(unbiased=False)
+    assert core.explained_variance(core.variance_moments(noisy, returns, mask)) == pytest.approx(
+        expected.item()
+    )
+    assert core.explained_variance(core.variance_moments(returns, returns, mask)) == pytest.approx(1.0)
+    mean_only = torch.full_like(returns, kept_r.mean().item())
+    assert core.explained_variance(core.variance_moments(mean_only, returns, mask)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert core.explained_variance(core.variance_moments(-returns, returns, mask)) < 0
+    # two processes' halves, summed, give the whole batch's figure (what the trainer's gather does)
+    halves = core.variance_moments(noisy[:3], returns[:3], mask[:3]) + core.variance_moments(
+        noisy[3:], returns[3:], mask[3:]
+    )
+    assert core.explained_variance(halves) == pytest.approx(expected.item())
+    assert math.isnan(core.explained_variance(core.variance_moments(returns, torch.ones(6, 5), mask)))
+
+
 def test_kl_controllers():
     fixed = core.FixedKLController(0.1)
     fixed.update(100.0, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,8 +88,11 @@ def test_ppo_raises_labeler_score_over_sft(tiny_sft, tiny_data, tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, len(metrics) + 1))
     for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "policy/approxkl_avg",
                 "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/ratio", "policy/entropy_avg",
-                "response_length", "eps", "episode", "lr"):  # fmt: skip
+                "response_length", "eps", "episode", "lr", "val/explained_variance"):  # fmt: skip
         assert key in metrics[-1]
+    assert all(
+        math.isfinite(m["val/explained_variance"]) and m["val/explained_variance"] <= 1 for m in metrics
+    )
     assert (out / "adapter_config.json").is_file() and (out / "value_head.safetensors").is_file()
 
     prompts = list(load_from_disk(str(tiny_data / "eval_prompts"))["prompt"])
