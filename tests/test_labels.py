@@ -196,6 +196,11 @@ def test_people_a_file_and_the_labeler_rank_one_round_together(tmp_path, capsys)
     assert summary["agreement"]["pairs"] == 18 and summary["agreement"]["agreement"] == pytest.approx(6 / 18)
     out = capsys.readouterr().out
     assert "ana 1, ben 1, cleo 2, the labeler 3; raters agree on 33.3%" in out
+    # a rater's file edited by hand into a wrong ranking is named, with its row
+    (folder / RANKED).unlink()
+    append_record(rater_file(folder, "dan"), {"id": ids[4], "ranks": [1, 2], "rater": "dan"})
+    with pytest.raises(UserError, match=r"labels/dan.jsonl: row 1: 2 ranks for 4 answers"):
+        rank(args, "--from_file", str(tmp_path / "tool.jsonl"))
     assert "with the labeler: ana 83.3% of 6, ben 16.7% of 6, cleo 83.3% of 12 pairs" in out
 
 

@@ -86,12 +86,9 @@ class Round:
         return next((i for i in self.ids if i not in done), None)
 
     def progress(self, rater: str) -> str:
-        counts = {
-            name: sum(not r.get("skipped") for r in records)
-            for name, records in read_labels(self.dir).items()
-        }
-        mine = read_rater_file(rater_file(self.dir, rater))
-        ranked = sum(not r.get("skipped") for r in mine)
+        labels = read_labels(self.dir)  # every rater's file, this one's among them
+        counts = {name: sum(not r.get("skipped") for r in records) for name, records in labels.items()}
+        mine, ranked = labels.get(rater, []), counts.get(rater, 0)
         others = ", ".join(f"{name} {n}" for name, n in counts.items() if name != rater)
         return (
             f"**Round {self.number}** · rater **{rater}** · prompt {min(len(mine) + 1, len(self.ids))} of "

@@ -30,9 +30,8 @@ from pipeline.common.config import UserError
 LABELS = "labels"
 RATER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_append_lock = (
-    threading.Lock()
-)  # one server, many tabs: appends and the already-ranked check don't interleave
+# One server, many tabs: an append and its already-ranked check don't interleave.
+_append_lock = threading.Lock()
 
 
 def check_rater(name: str | None) -> str:
@@ -188,12 +187,16 @@ def people_rows(labels: dict[str, list[dict]]) -> list[dict]:
     ]
 
 
+def competition_ranks(keys: list[float]) -> list[int]:
+    """1 + how many keys are lower (the lowest key is best): ties share a rank, the next rank skips (1, 2, 2, 4)."""
+    return [1 + sum(other < key for other in keys) for key in keys]
+
+
 def as_ranks(row: dict) -> list[float]:
     """A row's ranks (1 = best); scores become competition ranks, the highest score first."""
     if row.get("ranks") is not None:
         return list(row["ranks"])
-    scores = row["scores"]
-    return [1 + sum(s > x for s in scores) for x in scores]
+    return competition_ranks([-score for score in row["scores"]])
 
 
 def merge(rows: list[dict]) -> list[dict]:
@@ -212,7 +215,7 @@ def merge(rows: list[dict]) -> list[dict]:
         k = len(group[0]["responses"])
         mean = [sum(r[i] for r in ranks.values()) / len(ranks) for i in range(k)]
         merged.append({"id": prompt_id, "prompt": group[0]["prompt"], "responses": group[0]["responses"],
-                       "ranks": [1 + sum(m < mean[i] for m in mean) for i in range(k)],
+                       "ranks": competition_ranks(mean),
                        "rater": "+".join(sorted(ranks)), "by_rater": ranks})  # fmt: skip
     return merged
 
