@@ -73,9 +73,13 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m pipeline.rounds.label` as its own process (killed for real in the restart test)."""
+    """`python -m pipeline.rounds.label` as its own process (killed for real in the restart test). Every one
+    started is in `Server.started`, so a failed test's server can be stopped too (`stop_all`)."""
+
+    started: list[Server] = []
 
     def __init__(self, config: Path, port: int, *extra: str):
+        Server.started.append(self)
         self.url = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
@@ -100,6 +104,13 @@ class Server:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for server in cls.started:
+            if server.process.poll() is None:
+                server.kill()
+        cls.started.clear()
 
 
 def wait_for(condition, timeout: float = 15.0):
@@ -133,16 +144,24 @@ class Page:
         return self.driver.find_element(By.ID, "progress").text
 
     def shown(self, rows_by_prompt: dict[str, dict]) -> tuple[dict, list[int]]:
-        """The comparison on screen and the collected index of the answer shown as A, B, C, D."""
-        row = rows_by_prompt[self.value("prompt")]
-        texts = [self.value(f"answer-{letter}") for letter in LETTERS[: len(row["responses"])]]
-        return row, [row["responses"].index(t) for t in texts]
+        """The comparison on screen and the collected index of the answer shown as A, B, C, D. Read until the prompt
+        and every answer belong to one comparison: the page updates its boxes one after another, so a read in
+        between can see the new prompt beside the last prompt's answers."""
+
+        def read():
+            row = rows_by_prompt[self.value("prompt")]
+            texts = [self.value(f"answer-{letter}") for letter in LETTERS[: len(row["responses"])]]
+            return row, [row["responses"].index(t) for t in texts]
+
+        return wait_for(read)
 
     def after(self, action) -> None:
-        """Do something that saves, and wait for the next prompt (or the end) to be on screen."""
+        """Do something that saves, and wait for the next prompt (or the end) to be on screen and the page settled:
+        the order box emptied too (the page updates its boxes one after another; keys typed before the box is
+        emptied would be wiped)."""
         before = self.progress()
         action()
-        wait_for(lambda: self.progress() != before)
+        wait_for(lambda: self.progress() != before and self.value("order") == "")
 
     def click(self, elem_id: str) -> None:
         self.driver.find_element(By.ID, elem_id).click()

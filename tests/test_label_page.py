@@ -38,6 +38,13 @@ pytestmark = pytest.mark.multiprocess
 SCRIPT = '<script>window.__owned = 1</script><img src="x" onerror="window.__owned = 2"><b>bold</b> & more'
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_server_left():
+    """A test that fails midway leaves no labeling server running."""
+    yield
+    Server.stop_all()
+
+
 @pytest.fixture(scope="module")
 def browser():
     driver = start_browser()
