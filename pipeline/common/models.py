@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import get_quantization_config
 
 from pipeline.common.config import UserError
+from pipeline.common.precision import fp32_score_head
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -210,6 +211,7 @@ def load_reward_model(name_or_path: str, model_args=None, trust_remote_code: boo
     """A scalar-head reward model (AutoModelForSequenceClassification, num_labels=1)."""
     model = load_model(AutoModelForSequenceClassification, name_or_path, model_args, trust_remote_code,
                        num_labels=1)  # fmt: skip
+    fp32_score_head(model)  # the score is fp32 whatever the trunk's dtype (pipeline.common.precision)
     if model.config.pad_token_id is None:
         raise UserError(
             f"Reward model {name_or_path} has no pad_token_id in its config; the score is read at the last "

@@ -38,13 +38,20 @@ def response_logits(
 
 
 def sampled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The logits of the distribution responses are drawn from, softmax(logits / T): log-probs and entropy."""
-    return logits / (temperature + 1e-7)
+    """The logits of the distribution responses are drawn from, softmax(logits / T), in float32 whatever the model
+    computed them in (bf16 logits are upcast: pipeline.common.precision): log-probs and entropy."""
+    return logits.float() / (temperature + 1e-7)
 
 
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token | context) of each response token at the sampling temperature: (B, R)."""
-    return selective_log_softmax(sampled_logits(logits, temperature), responses)
+    """log pi(token | context) of each response token at the sampling temperature, in float32: (B, R).
+
+    bf16/fp16 logits are upcast one row at a time, so the float32 copy is one row's (R, V), not the batch's."""
+    if logits.dtype in (torch.float32, torch.float64):
+        return selective_log_softmax(sampled_logits(logits, temperature), responses)
+    return torch.stack([
+        selective_log_softmax(sampled_logits(row, temperature), ids) for row, ids in zip(logits, responses)
+    ])  # fmt: skip
 
 
 def sequence_logprobs(model, query: dict, responses, mask, temperature: float):

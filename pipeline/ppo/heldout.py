@@ -41,7 +41,8 @@ class HeldOut:
             devices=[] if on_cpu else [acc.device], device_type=None if on_cpu else acc.device.type
         ):
             torch.manual_seed(args.seed)
-            with unwrap_model_for_generation(model, acc) as unwrapped:
+            # Under the training forward's autocast, as the rollout samples (pipeline.common.precision).
+            with unwrap_model_for_generation(model, acc) as unwrapped, acc.autocast():
                 responses = generate(unwrapped, queries, self.gen_config, args.local_rollout_forward_batch_size,
                                      self.synced_gpus)  # fmt: skip
         return queries, responses
@@ -62,8 +63,9 @@ class HeldOut:
             rows = slice(i, i + chunk)
             logits, _ = policy(input_ids[rows], attention_mask[rows], R, with_values=False)
             logprobs = response_logprobs(logits, responses[rows], args.temperature)
-            ref_logprobs = reference_logprobs(policy, self.ref_model, input_ids[rows], attention_mask[rows],
-                                              responses[rows], args.temperature)  # fmt: skip
+            with self.accelerator.autocast():
+                ref_logprobs = reference_logprobs(policy, self.ref_model, input_ids[rows], attention_mask[rows],
+                                                  responses[rows], args.temperature)  # fmt: skip
             kl.append(((logprobs - ref_logprobs) * mask[rows]).sum(1))
         texts, ended, _ = decode_responses(self.tokenizer, responses, mask)
         scores = self.scorer(prompts, texts, ended)

@@ -40,6 +40,7 @@ from pipeline.common.models import (
     load_model,
 )
 from pipeline.common.outputs import same_model_path
+from pipeline.common.precision import fp32_head
 from pipeline.lm.logprobs import response_logits, response_logprobs
 from pipeline.lm.packing import check_packed_responses, position_ids_from_mask
 
@@ -166,8 +167,7 @@ class PolicyWithValueHead(nn.Module):
                 ).last_hidden_state
         else:
             hidden = out.hidden_states[-1]
-        hidden = hidden[:, -response_length - 1 : -1]
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        values = self.value_head(hidden[:, -response_length - 1 : -1]).squeeze(-1)  # fp32 (FP32Linear)
         return logits, values
 
     def check_packing(
@@ -283,7 +283,7 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
         lm = get_peft_model(
             base, get_peft_config(model_args) or LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM")
         )
-    value_head = nn.Linear(base.config.hidden_size, 1, dtype=torch.float32)
+    value_head = fp32_head(nn.Linear(base.config.hidden_size, 1))  # fp32 from a bf16 trunk
     nn.init.zeros_(value_head.weight)
     nn.init.zeros_(value_head.bias)
     earlier_head = Path(init or "") / "value_head.safetensors"

@@ -164,7 +164,8 @@ class PPOTrainer:
         args, acc, tok, timer = self.args, self.accelerator, self.tokenizer, self.timer
         with timer.phase("generate"):
             queries = tokenize_prompts(tok, prompts, args.max_prompt_length, acc.device)
-            with unwrap_model_for_generation(self.model, acc) as unwrapped:
+            # Under the autocast the training forward runs in (bf16: true): sampled from the policy it trains.
+            with unwrap_model_for_generation(self.model, acc) as unwrapped, acc.autocast():
                 responses = generate(unwrapped, queries, self.gen_config, args.local_rollout_forward_batch_size,
                                      self.synced_gpus)  # fmt: skip
             mask = first_eos_mask(responses, tok.eos_token_id)
@@ -200,7 +201,7 @@ class PPOTrainer:
                     logits, value = model(input_ids[rows], attention_mask[rows], R)
                 logprobs.append(response_logprobs(logits, responses[rows], args.temperature))
                 values.append(value.float())
-            with timer.phase("reference"):
+            with timer.phase("reference"), acc.autocast():  # (a full fine-tuning reference is not prepared)
                 ref_logprobs.append(reference_logprobs(model, self.ref_model, input_ids[rows], attention_mask[rows],
                                                        responses[rows], args.temperature))  # fmt: skip
         back = torch.cat(groups).argsort()  # the groups' rows back in batch order
@@ -266,9 +267,11 @@ class PPOTrainer:
                         self.optimizer.step()
                         self.optimizer.zero_grad()
                     with torch.no_grad():
-                        # TRL's policy/entropy_avg: the entropy of the distribution sampled, softmax(logits / T).
-                        sampled = sampled_logits(logits.detach(), args.temperature)
-                        entropy = core.masked_mean(entropy_from_logits(sampled), mask)
+                        # TRL's policy/entropy_avg: the entropy of the distribution sampled, softmax(logits / T),
+                        # in fp32 one row at a time (bf16 logits are upcast row by row, as for the log-probs).
+                        entropy = torch.stack([entropy_from_logits(sampled_logits(row, args.temperature))
+                                               for row in logits.detach()])  # fmt: skip
+                        entropy = core.masked_mean(entropy, mask)
                     for key, value in (
                         ("policy/approxkl_avg", pg_stats["approxkl"]), ("policy/clipfrac_avg", pg_stats["clipfrac"]),
                         ("loss/policy_avg", pg_loss), ("loss/value_avg", vf_loss),

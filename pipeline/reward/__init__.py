@@ -47,6 +47,7 @@ from pipeline.common.models import (
     merge_adapter,
 )
 from pipeline.common.outputs import checkpoints_dir
+from pipeline.common.precision import fp32_score_head
 from pipeline.common.training import (
     LoraModelConfig,
     RunOutputArguments,
@@ -170,6 +171,7 @@ def main(args=None, callbacks=None):
         with suppress_seqcls_warning():  # the new score head and the dropped lm_head are expected, not errors
             model = load_model(AutoModelForSequenceClassification, start, model_args, remote_code, num_labels=1,
                                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        fp32_score_head(model)  # bf16 trunk, fp32 score and loss (pipeline.common.precision)
         if script_args.grouped:
             return grouped_trainer(model, training_args, model_args, train_data, tokenizer, stage_callbacks)
         trainer_class, extra = RewardTrainer, {}

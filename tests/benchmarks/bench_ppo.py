@@ -4,12 +4,15 @@ Not a test (pytest does not collect it). Run from the repo root, after `make dat
 
     .venv/bin/python -m tests.benchmarks.bench_ppo                    # both model sizes
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --repeats 2
+    .venv/bin/python -m tests.benchmarks.bench_ppo --sizes large xl --trainers ours-lora trl112-lora \
+        --precision fp32 bf16 --repeats 3      # each trainer at each precision (bf16: bf16 weights + autocast)
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --trainers ours-lora --processes 2 --threads 1
     .venv/bin/python -m tests.benchmarks.bench_ppo --sizes tiny --trainers ours-lora --processes 2 --threads 1 \
         --engine zero3   # or zero2, zero3_offload, fsdp2 (through tests/fsdp_on_cpu.py): CPU figures only
 
 Both trainers get the same policy, reward model, prompts and settings (batch, response length, PPO epochs,
-mini-batches, total episodes, temperature, fp32, CPU threads). The reference runs in its own virtualenv
+mini-batches, total episodes, temperature, precision, CPU threads). `--precision bf16` is what the GPU recipes
+run: every model's weights in bfloat16 (`dtype: bfloat16`) and bf16 autocast (`bf16: true`; TRL: `bf16=True`). The reference runs in its own virtualenv
 (`.bench/trl112`, created here on first use) through `trl112_ppo_driver.py`, holding TRL's four full models.
 Ours runs as users run it: `python -m pipeline.ppo --config recipes/tiny/ppo.yaml --field value ...`.
 
@@ -84,6 +87,11 @@ SETTINGS = {
     },  # fmt: skip
 }
 SETTINGS["xl"] = SETTINGS["large"]
+# Our flags per precision; the TRL driver takes --precision itself.
+PRECISION_FLAGS = {
+    "fp32": ["--bf16", "false", "--dtype", "float32"],
+    "bf16": ["--bf16", "true", "--dtype", "bfloat16"],
+}
 
 
 def build_random_models(size: str, tokenizer_dir: Path) -> tuple[Path, Path]:
@@ -195,10 +203,9 @@ def ours_command(
     )
     for key, value in fields.items():
         args += [f"--{key}", str(value)]
-    # Same conditions as the reference: fp32, no gradient checkpointing, no periodic saves or sample tables.
+    # Same conditions as the reference: the precision (in `extra`), no gradient checkpointing, no periodic saves or
+    # sample tables.
     args += [
-        "--bf16",
-        "false",
         "--gradient_checkpointing",
         "false",
         "--save_steps",
@@ -297,6 +304,8 @@ def main(argv=None) -> None:
     p.add_argument(
         "--engine", default="ddp", choices=list(ENGINE_CONFIGS), help="with --processes >1: the launch config"
     )
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISION_FLAGS),
+                   help="run every trainer at each precision (one row each)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument(
         "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
@@ -325,8 +334,8 @@ def main(argv=None) -> None:
             f"== {size}: {params / 1e6:.2f}M parameters per model; settings {json.dumps(settings)}",
             flush=True,
         )
-        for trainer in a.trainers:
-            out = BENCH_DIR / "runs" / size / trainer
+        for precision, trainer in ((p, t) for p in a.precision for t in a.trainers):
+            out = BENCH_DIR / "runs" / size / f"{trainer}-{precision}"
             if trainer.startswith("ours"):
                 # LoRA: the SFT adapter (tiny) or a fresh adapter on the plain model (large); full fine-tuning
                 # starts from the same plain/merged model the reference gets.
@@ -335,7 +344,7 @@ def main(argv=None) -> None:
                     policy, extra = paths["trl_policy"], a.ours_full_args.split()
                 elif trainer == "ours-lora-value-adapter":
                     extra += ["--value_head", "adapter"]
-                extra += a.ours_args.split()
+                extra += PRECISION_FLAGS[precision] + a.ours_args.split()
                 cmd = ours_command(
                     settings, policy, paths["reward"], prompts, out, extra, a.processes, a.engine
                 )
@@ -343,6 +352,7 @@ def main(argv=None) -> None:
                 metrics = checkpoints_dir(out) / "metrics.jsonl"
             else:
                 extra = ["--lora_r", "16"] if trainer == "trl112-lora" else []
+                extra += ["--precision", precision]
                 cmd = trl_command(
                     trl_python, settings, paths["trl_policy"], paths["reward"], prompts, out, a.threads, extra
                 )
@@ -352,12 +362,13 @@ def main(argv=None) -> None:
             except SystemExit as err:  # one broken trainer still leaves the others' rows
                 print(f"  [{trainer}] FAILED: {str(err)[-1500:]}", flush=True)
                 row = dict(name=trainer, command=cmd, error=str(err)[-1500:])
-            row.update(size=size, params_m=params / 1e6, source=paths["source"])
+            row.update(size=size, params_m=params / 1e6, source=paths["source"], precision=precision)
             all_rows.append(row)
 
     headers = [
         "model",
         "trainer",
+        "precision",
         "episodes",
         "steady ep/s",
         "overall ep/s",
@@ -370,7 +381,7 @@ def main(argv=None) -> None:
     table = markdown_table(
         headers,
         [
-            [f"{r['size']} ({r['params_m']:.1f}M)", r["name"]]
+            [f"{r['size']} ({r['params_m']:.1f}M)", r["name"], r["precision"]]
             + ([r["episodes"], r["steady_eps"], r["overall_eps"], r["first_step_s"], r["wall_s"], r["peak_rss_mib"],
                 r["cpu_s_per_episode"], " ".join(f"{a:.1f}-{b:.1f}" for a, b in r["loadavg"])]
                if "error" not in r else ["FAILED (see the JSON)", None, None, None, None, None, None, None])
@@ -394,8 +405,8 @@ def main(argv=None) -> None:
             "\nOur trainer's phases, seconds per PPO step (its time/* metrics, mean of the steady steps):\n"
         )
         print("\n".join(markdown_table(
-            ["model", "trainer", *names, "generated tok/s", "trained tok/s"],
-            [[f"{r['size']} ({r['params_m']:.1f}M)", r["name"], *(r["phases"][n] for n in names),
+            ["model", "trainer", "precision", *names, "generated tok/s", "trained tok/s"],
+            [[f"{r['size']} ({r['params_m']:.1f}M)", r["name"], r["precision"], *(r["phases"][n] for n in names),
               r["phases"]["generated_tokens_per_s"], r["phases"]["trained_tokens_per_s"]] for r in timed],
             bench_value,
         )))  # fmt: skip

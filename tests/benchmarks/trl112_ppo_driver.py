@@ -70,6 +70,8 @@ def parse_args():
         "--lora_r", type=int, default=0, help="0: full fine-tuning (TRL's default); >0: LoRA policy"
     )
     p.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: the four models' weights in bfloat16 and bf16 autocast (PPOConfig bf16=True)")  # fmt: skip
     return p.parse_args()
 
 
@@ -88,7 +90,7 @@ def main():
         remove_columns=prompts.column_names,
     )
 
-    dtype = torch.float32
+    dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
     policy = AutoModelForCausalLM.from_pretrained(a.sft_model_path, dtype=dtype)
     reward_model = AutoModelForSequenceClassification.from_pretrained(
         a.reward_model_path, num_labels=1, dtype=dtype
@@ -122,9 +124,9 @@ def main():
         learning_rate=a.learning_rate,
         seed=a.seed,
         stop_token="eos",
-        # TRL's PPOConfig defaults to bf16 and gradient checkpointing; the benchmark compares fp32 without
-        # checkpointing on both sides.
-        bf16=False,
+        # TRL's PPOConfig defaults to bf16 and gradient checkpointing; the benchmark sets the precision on both
+        # sides and compares without checkpointing.
+        bf16=a.precision == "bf16",
         fp16=False,
         gradient_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
