@@ -51,9 +51,9 @@ def stage_command(stage: str, run: Path, out: Path, seed: int, *extra: str) -> l
             "--overwrite_output_dir", "true", *extra]  # fmt: skip
 
 
-def evaluate(run_dir: Path, env: dict) -> dict:
+def evaluate(run_dir: Path, env: dict, *extra: str) -> dict:
     command = [str(PROJECT_PYTHON), "-m", "pipeline.evaluate", "--config", str(RECIPE / "eval.yaml"),
-               "--run_dir", str(run_dir)]  # fmt: skip
+               "--run_dir", str(run_dir), *extra]  # fmt: skip
     check(run_measured(command, env, timeout=900), f"evaluation of {run_dir}")
     return json.loads((run_dir / "eval.json").read_text())
 

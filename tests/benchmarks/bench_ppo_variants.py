@@ -19,16 +19,8 @@ import shlex
 import statistics
 from pathlib import Path
 
-from tests.benchmarks.bench_alternatives import RECIPE, ensure_run, stage_command
-from tests.benchmarks.common import (
-    BENCH_DIR,
-    PROJECT_PYTHON,
-    bench_env,
-    check,
-    invocation,
-    machine_description,
-    run_measured,
-)
+from tests.benchmarks.bench_alternatives import ensure_run, evaluate, mean_std, stage_command
+from tests.benchmarks.common import BENCH_DIR, bench_env, check, invocation, machine_description, run_measured
 
 
 def link_inputs(run: Path, folder: Path) -> None:
@@ -55,10 +47,7 @@ def run_variant(name: str, overrides: str, stage: str, run: Path, seed: int, env
     command = stage_command(stage, run, folder / "policy", seed, *shlex.split(overrides))
     result = check(run_measured(command, env, timeout=1800), f"{name} (seed {seed})")
     # Every method's policy graded in the place of PPO's, alone beside SFT.
-    evaluation = [str(PROJECT_PYTHON), "-m", "pipeline.evaluate", "--config", str(RECIPE / "eval.yaml"),
-                  "--run_dir", str(folder), "--ppo_model_path", str(folder / "policy")]  # fmt: skip
-    check(run_measured(evaluation, env, timeout=900), f"evaluation of {folder}")
-    policy = json.loads((folder / "eval.json").read_text())["policies"]
+    policy = evaluate(folder, env, "--ppo_model_path", str(folder / "policy"))["policies"]
     sft, trained = policy["sft"], policy["ppo"]
     row = {
         "variant": name, "method": stage, "overrides": overrides, "seed": seed,
@@ -71,11 +60,6 @@ def run_variant(name: str, overrides: str, stage: str, run: Path, seed: int, env
         row.update(final_metrics(folder / "policy"))
     print(json.dumps(row), flush=True)
     return row
-
-
-def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
 
 
 def main() -> None:
