@@ -124,7 +124,16 @@ def ppo_lora(sft, reward, small_data):
 @pytest.fixture(scope="module")
 def ppo_full(sft, reward, small_data):
     """Full fine-tuning of the merged SFT model; the reference is a separate frozen copy (its own forward)."""
-    return run_ppo(sft / "merged", reward, small_data, sft.parent / "ppo-full", "--use_peft", "false")
+    return run_ppo(
+        sft / "merged",
+        reward,
+        small_data,
+        sft.parent / "ppo-full",
+        "--use_peft",
+        "false",
+        "--value_head",
+        "shared",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,17 @@ def test_bf16_full_fine_tuning_reference_runs_as_the_policy(dtype, tokenizer, ti
     the policy's autocast too, so at step 1 the KL is 0 up to the bound, as with LoRA; also with float32 weights
     (bf16 autocast over fp32 master weights), where a reference outside the autocast would compute in fp32."""
     base = build_model_dir("qwen2", tokenizer, tmp_path / "base", config={"initializer_range": 0.3})
-    trainer = bf16_ppo(base, tiny_data / "prompts", tmp_path / "ppo", "--use_peft", "false", "--dtype", dtype)
+    trainer = bf16_ppo(
+        base,
+        tiny_data / "prompts",
+        tmp_path / "ppo",
+        "--use_peft",
+        "false",
+        "--value_head",
+        "shared",
+        "--dtype",
+        dtype,
+    )
     assert trainer.ref_model is not None
     torch.manual_seed(0)
     rollout = trainer.rollout(trainer.batch_prompts(0))

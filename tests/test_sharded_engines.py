@@ -164,7 +164,7 @@ def test_ppo_lora_with_value_adapter_under_sharded_engines_matches_ddp_and_resum
 def test_ppo_full_fine_tuning_under_sharded_engines_matches_ddp(tiny_sft, tiny_reward, tiny_data, tmp_path):
     """Full fine-tuning: a sharded frozen reference model, and the tiny model's tied embeddings. With gradient
     accumulation and tight clipping, which DeepSpeed does itself from its config: PPO's values must reach it."""
-    overrides = ppo_overrides(tiny_sft / "merged", tiny_reward, tiny_data, "--use_peft", "false",
+    overrides = ppo_overrides(tiny_sft / "merged", tiny_reward, tiny_data, "--use_peft", "false", "--value_head", "shared",
                               "--save_steps", "0", "--gradient_accumulation_steps", "2", "--max_grad_norm", "0.1",
                               "--total_episodes", "32")  # fmt: skip
     for engine in ("ddp", *SHARDED):

@@ -198,7 +198,7 @@ def test_ppo_resume_and_eval_log_to_tensorboard_trackio_and_wandb(
     assert_ppo_metrics(by_step([r for r in history if "episode" in r], "_step"), first, "wandb")
     assert [r["_step"] for r in history if "samples/_type" in r] == [2, 3]
     assert {r["samples/_type"] for r in history if "samples/_type" in r} == {"table-file"}
-    assert wandb_run["config"]["kl_coef"] == 0.1 and "hub_token" not in wandb_run["config"]  # the recipe's
+    assert wandb_run["config"]["kl_coef"] == 0.04 and "hub_token" not in wandb_run["config"]  # the recipe's
 
     # Resume from the step-2 checkpoint, as after a crash: the same tracker runs continue at step 3.
     main(ppo_args(tiny_sft, tiny_data, out, *TINY, "--resume_from_checkpoint", "latest"))

@@ -180,6 +180,16 @@ class PPOConfig(TrainingArguments):
     gamma: float = 1.0
     lam: float = 0.95
     whiten_rewards: bool = False
+    normalize_scores: bool = field(
+        default=False,
+        metadata={
+            "help": "standardise every score by the mean and std of the reward model's scores on the first "
+            "rollout's answers (the SFT policy's; init_policy_path's when set), as Ziegler et al. 2019 normalise "
+            "their reward model: kl_coef, target_kl and missing_eos_penalty then mean the same whatever the reward "
+            "model's scale (a reward model whose scores span tens of units would otherwise outweigh the KL "
+            "penalty). Fixed for the run, stored in its checkpoints"
+        },
+    )
     # --- outputs -------------------------------------------------------------------------------------------
     sample_every: int = field(
         default=10, metadata={"help": "print/save a table of sample generations every N steps"}

@@ -148,6 +148,12 @@ def explained_variance(moments: torch.Tensor) -> float:
     return 1.0 - (e2 / n - (e / n) ** 2) / var_returns if n > 0 and var_returns > 0 else float("nan")
 
 
+def score_normalizer(sft_scores: torch.Tensor) -> tuple[float, float]:
+    """(mean, std) of the reward model's scores on SFT answers; std 1 when they are all equal (nothing to scale by)."""
+    mean, std = sft_scores.float().mean().item(), sft_scores.float().std().item()
+    return mean, std if std > 1e-6 else 1.0
+
+
 class FixedKLController:
     def __init__(self, kl_coef: float):
         self.value = kl_coef

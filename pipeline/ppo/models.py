@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -110,9 +110,19 @@ class PolicyWithValueHead(nn.Module):
         self.lm.gradient_checkpointing_disable()
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        # A checkpointed block recomputes its forward during backward, by which time another adapter is active (the
+        # value pass runs under the value adapter, backward under the policy's): it must recompute under the adapter
+        # it ran with, or its gradients are another adapter's. torch's context_fn does that; it needs the
+        # non-reentrant checkpoint, which this forces.
+        kwargs = {**(gradient_checkpointing_kwargs or {}), "use_reentrant": False}
         self.lm.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+            gradient_checkpointing_kwargs={**kwargs, "context_fn": self._checkpoint_contexts}
         )
+
+    def _checkpoint_contexts(self):
+        """(forward context, recompute context) of one checkpointed block: recompute under the active adapter."""
+        adapter = getattr(self.lm, "active_adapter", None) if isinstance(self.lm, PeftModel) else None
+        return nullcontext(), (self._active_adapter(adapter) if adapter is not None else nullcontext())
 
     # --- adapter switching -----------------------------------------------------------------------------------
     @contextmanager
@@ -256,12 +266,8 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
         else load_model(AutoModelForCausalLM, init, model_args, remote_code)
     )
     quantized = getattr(base, "is_quantized", False)
-    if quantized:
-        base = prepare_model_for_kbit_training(
-            base, use_gradient_checkpointing=bool(args.activation_checkpointing)
-        )
-    elif args.activation_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if quantized:  # (activation checkpointing is switched on below, on the policy)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
 
     ref_model = None
     if not use_lora:
@@ -300,6 +306,8 @@ def load_policy(args, model_args) -> tuple[PolicyWithValueHead, nn.Module | None
     if use_lora:  # the policy (and value) adapters train; the reference adapter and the base stay frozen
         lm.set_adapter(POLICY)
         lm.set_requires_grad(model.trainable_adapters, requires_grad=True)
+    if args.activation_checkpointing:
+        model.gradient_checkpointing_enable()
     return model, ref_model
 
 

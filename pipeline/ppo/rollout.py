@@ -19,10 +19,12 @@ class Rollout:
                                            reference, at the sampling temperature (not masked)
     values                     (B, R)      the value head's V(state before each token)
     scores                     (B,)        reward model / reward_fn score, less missing_eos_penalty if no EOS
+    rewarded_scores            (B,)        the scores the rewards carry: standardised by the SFT answers' mean
+                                           and std when normalize_scores (the penalty after that), else scores
     ended                      (B,)        bool: the response emitted EOS
     kl                         (B, R)      per-token KL(policy || reference) estimate (kl_estimator)
     non_score_rewards          (B, R)      -kl_coef * kl
-    rewards                    (B, R)      non_score_rewards plus the score on the last token (whitened if
+    rewards                    (B, R)      non_score_rewards plus rewarded_scores on the last token (whitened if
                                            whiten_rewards)
     advantages, returns        (B, R)      GAE advantages (whitened) and returns (advantages + values)
     first_epoch_order          (B,)        the row order of the first PPO epoch, drawn by the rollout
@@ -39,6 +41,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     scores: torch.Tensor
+    rewarded_scores: torch.Tensor
     ended: torch.Tensor
     kl: torch.Tensor
     non_score_rewards: torch.Tensor

@@ -127,6 +127,8 @@ class PPOTrainer:
         self.held_out = HeldOut(held_out, gold_fn, args, acc, self.tokenizer, self.scorer, self.gen_config,
                                 self.synced_gpus, self.ref_model, self.work_dir / checkpoint.SAMPLES_FILE)  # fmt: skip
         self.step, self.episode = 0, 0
+        # normalize_scores: (mean, std) of the reward on the first rollout's (SFT) answers, once it is known
+        self.score_norm: tuple[float, float] | None = None
         self.collapse_watch = CollapseWatch()
         self.timer = PhaseTimer(acc.device, args.log_timing)
         self.stop = StopRequest()  # its signal handlers are installed while train() runs
@@ -212,22 +214,41 @@ class PPOTrainer:
             texts = tok.batch_decode(responses, skip_special_tokens=True)
             scores = self.scorer(prompts, texts, ended.tolist())
             self._check_finite("reward", scores)
+            rewarded_scores = self._normalized(scores)  # the penalty below is in the rewards' units
             if args.missing_eos_penalty is not None:
-                scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
+                penalty = torch.where(ended, 0.0, args.missing_eos_penalty)
+                scores, rewarded_scores = scores - penalty, rewarded_scores - penalty
 
         with timer.phase("other"):
             kl = core.per_token_kl(logprobs, ref_logprobs, args.kl_estimator) * mask
-            rewards, non_score_rewards = core.compute_rewards(scores, kl, mask, self.kl_ctl.value)
+            rewards, non_score_rewards = core.compute_rewards(rewarded_scores, kl, mask, self.kl_ctl.value)
             if args.whiten_rewards:
                 rewards = core.masked_whiten(rewards, mask, shift_mean=False) * mask
             advantages, returns = core.compute_gae(rewards, values, mask, args.gamma, args.lam)
             advantages = core.masked_whiten(advantages, mask) * mask
         return Rollout(
             input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, logprobs=logprobs,
-            ref_logprobs=ref_logprobs, values=values * mask, scores=scores, ended=ended, kl=kl,
+            ref_logprobs=ref_logprobs, values=values * mask, scores=scores,
+            rewarded_scores=rewarded_scores, ended=ended, kl=kl,
             non_score_rewards=non_score_rewards, rewards=rewards, advantages=advantages, returns=returns,
             first_epoch_order=order, reused_forward=reused,
         )  # fmt: skip
+
+    def _normalized(self, scores: torch.Tensor) -> torch.Tensor:
+        """normalize_scores: standardised by the first rollout's statistics (the SFT policy's answers), over every
+        process's scores, fixed from then on; otherwise the scores as they are."""
+        if not self.args.normalize_scores:
+            return scores
+        if self.score_norm is None:
+            self.score_norm = core.score_normalizer(self.accelerator.gather(scores.float()))
+            if self.accelerator.is_main_process:
+                print(
+                    f"normalize_scores: the SFT policy's answers score {self.score_norm[0]:.4g} +- "
+                    f"{self.score_norm[1]:.4g}; the rewards carry (score - mean) / std from here on",
+                    flush=True,
+                )
+        mean, std = self.score_norm
+        return (scores - mean) / std
 
     def update(self, rollout: Rollout) -> dict[str, list[torch.Tensor]]:
         """num_ppo_epochs passes of mini-batch updates over the rollout; returns each micro-batch's stats."""
@@ -307,6 +328,7 @@ class PPOTrainer:
             state = checkpoint.load_checkpoint(self.resume, acc, self.model, self.optimizer, self.scheduler,
                                                self.sharded)  # fmt: skip
             self.step, self.episode, self.kl_ctl.value = state["step"], state["episode"], state["kl_coef"]
+            self.score_norm = tuple(state["score_norm"]) if state.get("score_norm") else None
             if acc.is_main_process:  # lines logged after the checkpoint are redone
                 checkpoint.truncate_logs(self.work_dir, self.step)
                 print(f"Resumed from {self.resume} at step {self.step} (episode {self.episode}).")
@@ -372,7 +394,7 @@ class PPOTrainer:
 
     def _save_checkpoint(self) -> None:
         state = {"step": self.step, "episode": self.episode, "kl_coef": self.kl_ctl.value,
-                 "tracking": self.tracking.identity}  # fmt: skip
+                 "score_norm": self.score_norm, "tracking": self.tracking.identity}  # fmt: skip
         checkpoint.save_checkpoint(self.accelerator, self.output_dir, self.step, state, self.model, self.optimizer,
                                    self.scheduler, self.args.save_total_limit, self.sharded)  # fmt: skip
 
@@ -389,7 +411,7 @@ class PPOTrainer:
             "objective/kl": mean(kl_sum),
             "objective/entropy": mean((-rollout.logprobs * rollout.mask).sum(1)),
             "objective/non_score_reward": mean(non_score),
-            "objective/rlhf_reward": mean(non_score + rollout.scores),
+            "objective/rlhf_reward": mean(non_score + rollout.rewarded_scores),  # what PPO maximises
             "objective/scores": mean(rollout.scores),
             "objective/kl_coef": self.kl_ctl.value,
         }

@@ -5,8 +5,9 @@ Round n, each step in `<output_dir>/<n>/`:
     rank        the labeler ranks them (or a person, or an imported file: `ranked.jsonl` either way)
     preference  every round's rankings so far as pairs (+ the recipe's own pairs), each round's held-out slice apart
     reward      the reward stage on those pairs, from the SFT model as always
-    ppo         PPO against that reward model, from the previous round's policy and value head (policy_init:
-                previous) or the SFT policy; the KL reference is always the SFT policy (grpo, rloo too when
+    ppo         PPO against that reward model, from the previous round's policy (policy_init: previous; its
+                critic too with value_head: shared; a value adapter starts afresh or from the round's reward model)
+                or the SFT policy; the KL reference is always the SFT policy (grpo, rloo too when
                 `methods` names them: each continues its own previous adapter)
     eval        every policy of the round evaluated with the round's reward model: `<n>/eval.json`
 Then the table of rounds goes to `<run>/eval.json` (`rounds`) and `<output_dir>/report.md`.

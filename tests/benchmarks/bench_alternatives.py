@@ -37,7 +37,9 @@ RECIPE = REPO / "recipes" / "tiny"
 METHODS = ("ppo", "grpo", "rloo", "dpo")
 
 
-def stage_command(stage: str, run: Path, out: Path, seed: int, *extra: str) -> list[str]:
+def stage_command(
+    stage: str, run: Path, out: Path, seed: int, *extra: str, recipe: Path = RECIPE
+) -> list[str]:
     inputs = {
         "ppo": ["--sft_model_path", run / "sft", "--reward_model_path", run / "reward",
                 "--prompts_path", run / "data" / "prompts", "--eval_prompts_path", run / "data" / "eval_prompts"],
@@ -46,13 +48,13 @@ def stage_command(stage: str, run: Path, out: Path, seed: int, *extra: str) -> l
         "dpo": ["--model_name_or_path", run / "sft", "--dataset_path", run / "data" / "preference"],
     }  # fmt: skip
     inputs["rloo"] = inputs["grpo"]
-    return [str(PROJECT_PYTHON), "-m", f"pipeline.{stage}", "--config", str(RECIPE / f"{stage}.yaml"),
+    return [str(PROJECT_PYTHON), "-m", f"pipeline.{stage}", "--config", str(recipe / f"{stage}.yaml"),
             *map(str, inputs[stage]), "--output_dir", str(out), "--seed", str(seed),
             "--overwrite_output_dir", "true", *extra]  # fmt: skip
 
 
-def evaluate(run_dir: Path, env: dict, *extra: str) -> dict:
-    command = [str(PROJECT_PYTHON), "-m", "pipeline.evaluate", "--config", str(RECIPE / "eval.yaml"),
+def evaluate(run_dir: Path, env: dict, *extra: str, recipe: Path = RECIPE) -> dict:
+    command = [str(PROJECT_PYTHON), "-m", "pipeline.evaluate", "--config", str(recipe / "eval.yaml"),
                "--run_dir", str(run_dir), *extra]  # fmt: skip
     check(run_measured(command, env, timeout=900), f"evaluation of {run_dir}")
     return json.loads((run_dir / "eval.json").read_text())

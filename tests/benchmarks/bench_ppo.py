@@ -308,7 +308,9 @@ def main(argv=None) -> None:
                    help="run every trainer at each precision (one row each)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600, help="seconds per run")
     p.add_argument(
-        "--ours_full_args", default="--use_peft false", help="our trainer's flags for full fine-tuning"
+        "--ours_full_args",
+        default="--use_peft false --value_head shared",
+        help="our trainer's flags for full fine-tuning",
     )
     p.add_argument("--ours_args", default="", help="extra flags for every one of our trainers")
     p.add_argument("--json", type=Path, default=BENCH_DIR / "ppo_results.json")

@@ -8,7 +8,14 @@ answers). `--baselines grpo rloo` trains those at their recipe budget (1280 answ
 grades them the same way, for the rows to compare against.
 
     .venv/bin/python -m tests.benchmarks.bench_ppo_variants --run-name tiny-seed{seed}-avx512-fp32 \\
-        --variant default= --variant adapter="--value_head adapter" --baselines grpo rloo
+        --variant default= --variant shared="--value_head shared" --baselines grpo rloo --equal-cpu default
+
+`--equal-cpu NAME` adds each baseline again at that variant's CPU seconds (its `max_steps` scaled, as
+`bench_alternatives` does); `--reuse` takes runs a folder already holds (`row.json`, same overrides) instead of
+training them again; `--recipe recipes/custom-example --run-name custom-example --seeds 0` runs another recipe's
+stages (built first with `make all RECIPE=...`); `--reward-scale 8` trains and grades against a copy of the reward
+model whose score head is 8x (`<run>/reward-x8`, variants in `<run>/variants-x8/`): the same ranking on a wider
+scale, for the KL controller's sake.
 """
 
 from __future__ import annotations
@@ -16,18 +23,49 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 from pathlib import Path
 
-from tests.benchmarks.bench_alternatives import ensure_run, evaluate, mean_std, stage_command
-from tests.benchmarks.common import BENCH_DIR, bench_env, check, invocation, machine_description, run_measured
+from safetensors.torch import load_file, save_file
+
+from tests.benchmarks.bench_alternatives import RECIPE, ensure_run, evaluate, mean_std, stage_command
+from tests.benchmarks.common import (
+    BENCH_DIR,
+    REPO,
+    bench_env,
+    check,
+    invocation,
+    machine_description,
+    run_measured,
+)
+
+BASELINE_STEPS = 80  # GRPO's and RLOO's max_steps in recipes/tiny: 1280 answers, PPO's episodes
 
 
-def link_inputs(run: Path, folder: Path) -> None:
+def link_inputs(run: Path, folder: Path, reward: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for part in ("data", "sft", "reward"):
+    for part, target in (("data", run / "data"), ("sft", run / "sft"), ("reward", reward)):
         if not (folder / part).exists():
-            (folder / part).symlink_to(run / part)
+            (folder / part).symlink_to(target)
+
+
+def scaled_reward_model(run: Path, scale: float) -> Path:
+    """`<run>/reward-x<scale>`: the run's reward model with its score head times `scale`, the same ranking on a wider
+    scale (a reward model whose scores span tens of units, as one trained longer or on other data may)."""
+    out = run / f"reward-x{scale:g}"
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run / "reward", tmp)
+    for file in (tmp / "model.safetensors", tmp / "adapter" / "adapter_model.safetensors"):
+        if file.is_file():
+            weights = load_file(file)
+            weights.update({k: v * scale for k, v in weights.items() if k.split(".")[-2] == "score"})
+            save_file(weights, file, metadata={"format": "pt"})
+    tmp.rename(out)
+    return out
 
 
 def final_metrics(ppo_dir: Path) -> dict:
@@ -41,16 +79,32 @@ def final_metrics(ppo_dir: Path) -> dict:
     }
 
 
-def run_variant(name: str, overrides: str, stage: str, run: Path, seed: int, env: dict) -> dict:
-    folder = run / "variants" / name
-    link_inputs(run, folder)
-    command = stage_command(stage, run, folder / "policy", seed, *shlex.split(overrides))
+def run_variant(
+    name: str,
+    overrides: str,
+    stage: str,
+    run: Path,
+    seed: int,
+    env: dict,
+    recipe: Path,
+    reward_scale: float = 1.0,
+    reuse: bool = False,
+) -> dict:
+    reward = run / "reward" if reward_scale == 1 else scaled_reward_model(run, reward_scale)
+    folder = run / ("variants" if reward_scale == 1 else f"variants-x{reward_scale:g}") / name
+    done = folder / "row.json"  # --reuse: a finished run with the same overrides is not trained again
+    if reuse and done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
+        print(f"reused {done}", flush=True)
+        return json.loads(done.read_text())
+    link_inputs(run, folder, reward)
+    command = stage_command(stage, folder, folder / "policy", seed, *shlex.split(overrides), recipe=recipe)
     result = check(run_measured(command, env, timeout=1800), f"{name} (seed {seed})")
     # Every method's policy graded in the place of PPO's, alone beside SFT.
-    policy = evaluate(folder, env, "--ppo_model_path", str(folder / "policy"))["policies"]
+    policy = evaluate(folder, env, "--ppo_model_path", str(folder / "policy"), recipe=recipe)["policies"]
     sft, trained = policy["sft"], policy["ppo"]
     row = {
-        "variant": name, "method": stage, "overrides": overrides, "seed": seed,
+        "variant": name, "method": stage, "overrides": overrides, "seed": seed, "reward_scale": reward_scale,
+        "rm_score_sft": sft["reward_model_score"], "rm_score_std_sft": sft["reward_model_score_std"],
         "labeler_gain": trained["labeler_score"] - sft["labeler_score"], "kl_from_sft": trained["kl_from_sft"],
         "rm_accuracy_own": trained.get("rm_accuracy_on_own_samples"),
         "reward_model_gain": trained["reward_model_score"] - sft["reward_model_score"],
@@ -58,6 +112,7 @@ def run_variant(name: str, overrides: str, stage: str, run: Path, seed: int, env
     }  # fmt: skip
     if stage == "ppo":
         row.update(final_metrics(folder / "policy"))
+    done.write_text(json.dumps(row, indent=2))
     print(json.dumps(row), flush=True)
     return row
 
@@ -70,19 +125,42 @@ def main() -> None:
     parser.add_argument("--run-name", default="tiny-seed{seed}", help="the run of each seed, under runs/")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                         help="a PPO variant: its name and its command-line overrides (empty: the recipe)")  # fmt: skip
+    parser.add_argument("--recipe", type=Path, default=RECIPE,
+                        help="the recipe folder whose stage configs and eval.yaml the runs use")  # fmt: skip
+    parser.add_argument(
+        "--reward-scale",
+        type=float,
+        default=1.0,
+        help="train and grade against the reward model with its score head times this (variants-x<S>/)",
+    )
     parser.add_argument("--baselines", nargs="*", default=[], choices=["grpo", "rloo"])
+    parser.add_argument("--equal-cpu", metavar="VARIANT",
+                        help="also run each baseline at this variant's CPU time (its max_steps scaled by the ratio "
+                        "of CPU seconds on that seed): rows <baseline>-at-<VARIANT>-cpu")  # fmt: skip
+    parser.add_argument("--reuse", action="store_true",
+                        help="take runs already finished with the same overrides (their row.json) as they are")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "ppo_variants.json")
     a = parser.parse_args()
+    a.recipe = a.recipe.resolve()
     variants = dict(v.split("=", 1) for v in a.variant) or {"default": ""}
     env = bench_env(a.threads)
     rows = []
     for seed in a.seeds:
-        run = ensure_run(seed, a.run_name.format(seed=seed))
-        for stage in a.baselines:
-            rows.append(run_variant(stage, "", stage, run, seed, env))
-        for name, overrides in variants.items():
-            rows.append(run_variant(name, overrides, "ppo", run, seed, env))
+        name = a.run_name.format(seed=seed)
+        run = (
+            ensure_run(seed, name) if a.recipe == RECIPE else REPO / "runs" / name
+        )  # (other recipes: make all first)
+        common = (run, seed, env, a.recipe, a.reward_scale, a.reuse)
+        baselines = {stage: run_variant(stage, "", stage, *common) for stage in a.baselines}
+        ppo = {name: run_variant(name, overrides, "ppo", *common) for name, overrides in variants.items()}
+        rows += [*baselines.values(), *ppo.values()]
+        if a.equal_cpu:  # as bench_alternatives: the baseline's steps scaled by the ratio of CPU seconds
+            for stage, base in baselines.items():
+                steps = round(BASELINE_STEPS * ppo[a.equal_cpu]["cpu_s"] / base["cpu_s"])
+                rows.append(
+                    run_variant(f"{stage}-at-{a.equal_cpu}-cpu", f"--max_steps {steps}", stage, *common)
+                )
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(rows, indent=2))
 

@@ -141,6 +141,16 @@ def test_explained_variance_over_response_tokens_and_summed_across_processes():
     assert math.isnan(core.explained_variance(core.variance_moments(returns, torch.ones(6, 5), mask)))
 
 
+def test_score_normalizer_standardises_and_leaves_constant_scores_unscaled():
+    mean, std = core.score_normalizer(torch.tensor([1.0, 3.0, 5.0, 7.0]))
+    assert mean == 4.0 and std == pytest.approx(math.sqrt(20 / 3))  # the sample std, as torch.std
+    # An affine change of the scores moves the statistics with it: (25 x - 40 - m') / s' == (x - m) / s.
+    wide_mean, wide_std = core.score_normalizer(torch.tensor([1.0, 3.0, 5.0, 7.0]) * 25 - 40)
+    assert (wide_mean, wide_std) == pytest.approx((25 * mean - 40, 25 * std))
+    # All answers scored alike: nothing to scale by, so the scores are only centred.
+    assert core.score_normalizer(torch.full((8,), 2.5)) == (2.5, 1.0)
+
+
 def test_kl_controllers():
     fixed = core.FixedKLController(0.1)
     fixed.update(100.0, 64)

@@ -226,6 +226,74 @@ def test_resume_through_accelerate_state_as_under_fsdp_and_deepspeed(
         main(ppo_args(tiny_sft, tiny_data, tmp_path / "again", *SMALL, "--resume_from_checkpoint", str(ckpt)))
 
 
+def test_activation_checkpointing_trains_the_value_adapter_as_without_it(tiny_sft, tiny_data, tmp_path):
+    """A checkpointed block recomputes its forward in backward, after the value pass's adapter was switched back
+    to the policy's: unless it recomputes under the adapter it ran with, the value adapter gets the policy adapter's
+    activations. Here both adapters have the same rank (a fresh value adapter), so nothing would flag it: the
+    weights after training must equal those of the same run without checkpointing."""
+    from pipeline.ppo import main
+
+    small = [*SMALL, "--value_head", "adapter", "--num_ppo_epochs", "2"]
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "plain", *small))
+    trainer = main(
+        ppo_args(tiny_sft, tiny_data, tmp_path / "ckpt", *small, "--activation_checkpointing", "true")
+    )
+    assert trainer.model.is_gradient_checkpointing
+    for name in ("adapter_model.safetensors", "value/adapter_model.safetensors", "value_head.safetensors"):
+        a, b = load_file(tmp_path / "plain" / name), load_file(tmp_path / "ckpt" / name)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=f"{name}:{k}")
+        assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k or "value_head" in name)
+
+
+def wide_labeler_scores(prompts, responses):
+    """The labeler on a wide scale, as a reward model trained another way might score: 25 x score - 40."""
+    from data_prep.task import labeler_scores
+
+    return [25.0 * score - 40.0 for score in labeler_scores(prompts, responses)]
+
+
+def test_normalized_scores_make_ppo_blind_to_the_reward_scale(tiny_sft, tiny_data, tmp_path):
+    """normalize_scores: the labeler and an affine copy of it on a 25x wider scale train the same policy (to float
+    rounding), as the KL penalty then weighs the same against either; the first rollout's rewarded scores are
+    standardised (mean 0 before the missing-EOS penalty); a resumed run keeps the statistics of its checkpoint."""
+    from pipeline.ppo import main
+
+    small = [*SMALL, "--normalize_scores", "true"]
+    wide = ["--reward_fn", f"{__name__}:wide_labeler_scores"]
+    unit_trainer = main(ppo_args(tiny_sft, tiny_data, tmp_path / "unit", *small, "--save_steps", "2",
+                                 "--keep_checkpoints", "true"))  # fmt: skip
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "wide", *small, *wide))
+    unit, wide_m = read_metrics(tmp_path / "unit"), read_metrics(tmp_path / "wide")
+    first = unit[0]  # step 1: KL 0, so the RLHF reward is the mean rewarded score: 0 less the EOS penalties
+    assert first["objective/kl"] == 0.0
+    batch = 8
+    assert first["objective/rlhf_reward"] == pytest.approx(
+        -(batch - first["val/num_eos_tokens"]) / batch, abs=1e-5
+    )
+    for a, b in zip(unit, wide_m):
+        assert b["objective/rlhf_reward"] == pytest.approx(a["objective/rlhf_reward"], abs=1e-4)
+        assert b["objective/kl"] == pytest.approx(a["objective/kl"], abs=1e-4)
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        a, b = load_file(tmp_path / "unit" / name), load_file(tmp_path / "wide" / name)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=f"{name}:{k}")
+    # Without normalisation the wide scale swamps the KL penalty: another policy.
+    main(ppo_args(tiny_sft, tiny_data, tmp_path / "wide_raw", *SMALL, *wide, "--normalize_scores", "false"))
+    raw = load_file(tmp_path / "wide_raw" / "adapter_model.safetensors")
+    ours = load_file(tmp_path / "unit" / "adapter_model.safetensors")
+    assert max((raw[k] - ours[k]).abs().max().item() for k in ours) > 1e-3
+
+    ckpt = tmp_path / "unit.checkpoints" / "checkpoint-2"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["score_norm"] == pytest.approx(list(unit_trainer.score_norm))
+    resumed = main(
+        ppo_args(tiny_sft, tiny_data, tmp_path / "resumed", *small, "--resume_from_checkpoint", str(ckpt))
+    )
+    assert resumed.score_norm == pytest.approx(unit_trainer.score_norm)
+    assert_same_final_weights(tmp_path / "unit", tmp_path / "resumed")
+
+
 def nan_reward(prompts, responses):
     return [float("nan")] * len(prompts)
 
