@@ -17,7 +17,8 @@ TORCH_SPEC ?= torch==2.13.0
 ACCELERATE_CONFIG ?=
 NUM_PROCESSES ?=
 
-# make all SEED=N: every stage's seed set to N, the run in runs/<recipe>-seedN/ (RUN_NAME to choose the name).
+# make all SEED=N: every stage's seed set to N, the run in runs/<recipe>-seedN/ (RUN_NAME to choose the name; RUN_NAME
+# alone runs the recipe as it is into runs/<RUN_NAME>/).
 # PRECISION=bf16 (or fp32): every stage whose recipe states `bf16:` and `dtype:` trains in that precision (bf16:
 # bfloat16 weights and autocast, fp32 log-probs, values and scores; README "Precision"), the run in
 # runs/<recipe>[-seedN]-bf16/. The recipe so changed is written to runs/<name>/recipe/ first: the run can be
@@ -29,7 +30,7 @@ $(error PRECISION=$(PRECISION): use bf16 or fp32)
 endif
 PRECISION_EDITS = $(if $(filter bf16,$(PRECISION)),-e 's/^bf16:[^\#]*/bf16: true /' -e 's/^dtype:[^\#]*/dtype: bfloat16 /') \
 	$(if $(filter fp32,$(PRECISION)),-e 's/^bf16:[^\#]*/bf16: false /' -e 's/^dtype:[^\#]*/dtype: float32 /')
-ifneq ($(SEED)$(PRECISION),)
+ifneq ($(SEED)$(PRECISION)$(RUN_NAME),)
 RUN_NAME ?= $(notdir $(RECIPE))$(if $(SEED),-seed$(SEED))$(if $(PRECISION),-$(PRECISION))
 SEEDED_RECIPE := runs/$(RUN_NAME)/recipe
 $(shell mkdir -p $(SEEDED_RECIPE) && for f in $(RECIPE)/*.yaml; do sed -E -e 's#runs/$(notdir $(RECIPE))(/|$$|[[:space:]])#runs/$(RUN_NAME)\1#g' $(if $(SEED),-e 's/^seed:.*/seed: $(SEED)/') $(PRECISION_EDITS) $$f > $(SEEDED_RECIPE)/$$(basename $$f); done)

@@ -40,10 +40,11 @@ def test_default_recipe_end_to_end(run_dir, tiny_data, tiny_sft, tiny_reward):
     result = json.loads((run_dir / "eval.json").read_text())
     gain = result["ppo_labeler_score"] - result["sft_labeler_score"]
     record_learning("end to end: reward-model accuracy (eval stage)", result["reward_model_accuracy"], 0.6)
-    record_learning("end to end: labeler gain of PPO over SFT", gain, 0.1)
-    # Kernel sets x seeds 0-2 (BENCHMARKS.md): accuracy 0.746 +- 0.025 (worst 0.710), gain 0.83 +- 0.28 (worst 0.46).
+    record_learning("end to end: labeler gain of PPO over SFT", gain, 0.3)
+    # Kernel sets x seeds 0-2 (BENCHMARKS.md, PPO's default since issue 37): accuracy 0.824 +- 0.022 (worst 0.785),
+    # gain 1.23 +- 0.26 (worst 0.83; the old default's 0.83 +- 0.28, worst 0.46, had the bar at 0.1).
     assert result["reward_model_accuracy"] > 0.6, result
-    assert gain > 0.1, result
+    assert gain > 0.3, result
     assert result["kl_ppo_from_sft"] > 0, result
     # The healthy run raises none of the checks that a reward-gaming policy raises (tests/analysis/test_health.py). Not the
     # p95 check: with these fixtures' base-started reward model a policy that is better than most chosen answers
