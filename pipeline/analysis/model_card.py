@@ -32,8 +32,8 @@ KEY_HYPERPARAMETERS = (
     "lora_dropout", "lora_target_modules", "load_in_4bit", "load_in_8bit", "dtype", "learning_rate",
     "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
     "gradient_accumulation_steps", "max_length", "total_episodes", "num_ppo_epochs", "num_mini_batches",
-    "value_head", "normalize_scores", "kl_coef", "adaptive_kl", "target_kl", "cliprange", "vf_coef", "gamma", "lam", "response_length",
-    "temperature", "beta", "num_generations", "max_completion_length", "seed",
+    "value_head", "normalize_scores", "kl_coef", "adaptive_kl", "target_kl", "cliprange", "vf_coef", "gamma", "lam",
+    "response_length", "temperature", "beta", "num_generations", "max_completion_length", "seed",
 )  # fmt: skip
 DATA_KEYS = ("source", "sft_data", "preference_data", "preference_test_data")
 

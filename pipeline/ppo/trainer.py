@@ -243,7 +243,7 @@ class PPOTrainer:
             self.score_norm = core.score_normalizer(self.accelerator.gather(scores.float()))
             if self.accelerator.is_main_process:
                 print(
-                    f"normalize_scores: the SFT policy's answers score {self.score_norm[0]:.4g} +- "
+                    f"normalize_scores: the first rollout's answers score {self.score_norm[0]:.4g} +- "
                     f"{self.score_norm[1]:.4g}; the rewards carry (score - mean) / std from here on",
                     flush=True,
                 )

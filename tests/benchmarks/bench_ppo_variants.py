@@ -93,9 +93,10 @@ def run_variant(
     reward = run / "reward" if reward_scale == 1 else scaled_reward_model(run, reward_scale)
     folder = run / ("variants" if reward_scale == 1 else f"variants-x{reward_scale:g}") / name
     done = folder / "row.json"  # --reuse: a finished run with the same overrides is not trained again
-    if reuse and done.is_file() and json.loads(done.read_text())["overrides"] == overrides:
+    earlier = json.loads(done.read_text()) if reuse and done.is_file() else None
+    if earlier and earlier["overrides"] == overrides:
         print(f"reused {done}", flush=True)
-        return json.loads(done.read_text())
+        return earlier
     link_inputs(run, folder, reward)
     command = stage_command(stage, folder, folder / "policy", seed, *shlex.split(overrides), recipe=recipe)
     result = check(run_measured(command, env, timeout=1800), f"{name} (seed {seed})")

@@ -83,17 +83,8 @@ def test_timer_on_cuda_syncs_around_each_phase_and_reads_its_peak(monkeypatch):
 # and this keeps the test free of the session's base and SFT stages.
 
 # 3 steps of 8 prompts, a log line each
-RUN = [
-    *SMALL,
-    "--total_episodes",
-    "24",
-    "--logging_steps",
-    "1",
-    "--use_peft",
-    "false",
-    "--value_head",
-    "shared",
-]
+RUN = [*SMALL, "--total_episodes", "24", "--logging_steps", "1", "--use_peft", "false",
+       "--value_head", "shared"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

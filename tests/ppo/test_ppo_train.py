@@ -138,6 +138,16 @@ def assert_same_final_weights(full: Path, resumed: Path) -> None:
     assert res_m[-1]["objective/scores"] == pytest.approx(full_m[-1]["objective/scores"])
 
 
+def assert_close_weights(a_dir: Path, b_dir: Path, names: tuple[str, ...], rtol: float, atol: float) -> None:
+    """Two runs' saved weights agree to float precision, and training moved them (a LoRA B or the value head)."""
+    for name in names:
+        a, b = load_file(a_dir / name), load_file(b_dir / name)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=rtol, atol=atol, msg=f"{name}:{k}")
+        moved = [k for k in a if "lora_B" in k or "value_head" in name]
+        assert moved and any(a[k].abs().sum() > 0 for k in moved), name
+
+
 def test_resume_continues_step_and_optimizer(tiny_sft, tiny_data, tmp_path):
     full, resumed, ckpt, trainer = run_and_resume(tiny_sft, tiny_data, tmp_path)
     # Adam's step counter continued from the checkpoint (2 steps x 2 mini-batches) through 2 more steps.
@@ -176,12 +186,8 @@ def test_reused_rollout_forward_trains_as_a_fresh_forward(tiny_sft, tiny_data, t
     for a, b in zip(fresh, reused):
         assert b["val/ratio"] == pytest.approx(a["val/ratio"], abs=1e-5)
         assert b["objective/kl"] == pytest.approx(a["objective/kl"], abs=1e-4)
-    for name in ("adapter_model.safetensors", "value_head.safetensors"):
-        a, b = load_file(tmp_path / "fresh" / name), load_file(tmp_path / "reused" / name)
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{name}:{k}")
-        moved = [k for k in a if "lora_" in k or "value_head" in name]
-        assert moved and any(b[k].abs().sum() > 0 for k in moved)
+    assert_close_weights(tmp_path / "fresh", tmp_path / "reused", ("adapter_model.safetensors", "value_head.safetensors"),
+                         rtol=1e-4, atol=1e-5)  # fmt: skip
 
     # The reused rows' old log-probs and values are that forward's own: their first-epoch ratio is exactly 1.
     from pipeline.common.config import parse_config
@@ -240,11 +246,8 @@ def test_activation_checkpointing_trains_the_value_adapter_as_without_it(tiny_sf
         ppo_args(tiny_sft, tiny_data, tmp_path / "ckpt", *small, "--activation_checkpointing", "true")
     )
     assert trainer.model.is_gradient_checkpointing
-    for name in ("adapter_model.safetensors", "value/adapter_model.safetensors", "value_head.safetensors"):
-        a, b = load_file(tmp_path / "plain" / name), load_file(tmp_path / "ckpt" / name)
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=f"{name}:{k}")
-        assert any(a[k].abs().sum() > 0 for k in a if "lora_B" in k or "value_head" in name)
+    names = ("adapter_model.safetensors", "value/adapter_model.safetensors", "value_head.safetensors")
+    assert_close_weights(tmp_path / "plain", tmp_path / "ckpt", names, rtol=1e-4, atol=1e-6)
 
 
 def wide_labeler_scores(prompts, responses):
@@ -275,10 +278,8 @@ def test_normalized_scores_make_ppo_blind_to_the_reward_scale(tiny_sft, tiny_dat
     for a, b in zip(unit, wide_m):
         assert b["objective/rlhf_reward"] == pytest.approx(a["objective/rlhf_reward"], abs=1e-4)
         assert b["objective/kl"] == pytest.approx(a["objective/kl"], abs=1e-4)
-    for name in ("adapter_model.safetensors", "value_head.safetensors"):
-        a, b = load_file(tmp_path / "unit" / name), load_file(tmp_path / "wide" / name)
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=f"{name}:{k}")
+    assert_close_weights(tmp_path / "unit", tmp_path / "wide", ("adapter_model.safetensors", "value_head.safetensors"),
+                         rtol=1e-3, atol=1e-5)  # fmt: skip
     # Without normalisation the wide scale swamps the KL penalty: another policy.
     main(ppo_args(tiny_sft, tiny_data, tmp_path / "wide_raw", *SMALL, *wide, "--normalize_scores", "false"))
     raw = load_file(tmp_path / "wide_raw" / "adapter_model.safetensors")
